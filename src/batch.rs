@@ -1,0 +1,1 @@
+//! Offline classification of request logs and the savings report (`triage batch`).

@@ -1,0 +1,310 @@
+//! The tier model: a small BERT-style encoder, mean pooling and a two-layer head.
+//!
+//! Written on candle's basic tensor ops rather than candle-transformers' `BertModel` so that one
+//! definition both trains and serves: every weight receives a gradient in training (the stock
+//! model's fused LayerNorm has no backward pass), and inference switches to candle's fused
+//! LayerNorm and softmax kernels. The attention mask uses a finite value, so half precision
+//! never meets `0 * -inf`.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{init::Init, Embedding, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Shape of the encoder and head; stored in the model directory's `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub num_labels: usize,
+}
+
+/// Whether a forward pass trains (dropout on, differentiable kernels) or serves (fused kernels).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Train { dropout: f32 },
+    Infer,
+}
+
+impl Mode {
+    fn dropout(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Mode::Train { dropout } if dropout > 0.0 => candle_nn::ops::dropout(x, dropout),
+            _ => Ok(x.clone()),
+        }
+    }
+}
+
+/// A dense layer applied to the last dimension, as one matrix product over all rows.
+#[derive(Debug, Clone)]
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn load(vb: VarBuilder, inputs: usize, outputs: usize) -> Result<Self> {
+        let bound = 1.0 / (inputs as f64).sqrt();
+        let weight = vb.get_with_hints(
+            (outputs, inputs),
+            "weight",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let bias = vb.get_with_hints(outputs, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let inputs = dims[dims.len() - 1];
+        let rows = x.elem_count() / inputs;
+        let y = x
+            .reshape((rows, inputs))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        let mut out_dims = dims.to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get_with_hints(size, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(size, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if mode == Mode::Infer {
+            return candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32);
+        }
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    qkv: Dense,
+    out: Dense,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn load(vb: VarBuilder, cfg: &EncoderConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            qkv: Dense::load(vb.pp("qkv"), h, 3 * h)?,
+            out: Dense::load(vb.pp("out"), h, h)?,
+            num_heads: cfg.num_heads,
+            head_dim: h / cfg.num_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, t, 3, self.num_heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let q = (qkv.get(0)?.contiguous()? * scale)?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = match mode {
+            Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Train { .. } => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let probs = mode.dropout(&probs)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        self.out.forward(&ctx)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    attention: SelfAttention,
+    attention_norm: LayerNorm,
+    ffn_in: Dense,
+    ffn_out: Dense,
+    ffn_norm: LayerNorm,
+}
+
+impl EncoderLayer {
+    fn load(vb: VarBuilder, cfg: &EncoderConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            attention: SelfAttention::load(vb.pp("attention"), cfg)?,
+            attention_norm: LayerNorm::load(vb.pp("attention_norm"), h, cfg.layer_norm_eps)?,
+            ffn_in: Dense::load(vb.pp("ffn_in"), h, cfg.intermediate_size)?,
+            ffn_out: Dense::load(vb.pp("ffn_out"), cfg.intermediate_size, h)?,
+            ffn_norm: LayerNorm::load(vb.pp("ffn_norm"), h, cfg.layer_norm_eps)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        let attended = mode.dropout(&self.attention.forward(x, mask, mode)?)?;
+        let x = self.attention_norm.forward(&(attended + x)?, mode)?;
+        let inner = self.ffn_in.forward(&x)?.gelu()?;
+        let out = mode.dropout(&self.ffn_out.forward(&inner)?)?;
+        self.ffn_norm.forward(&(out + x)?, mode)
+    }
+}
+
+/// A batch of token sequences, padded to one length.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// `[batch, len]` u32 token ids.
+    pub ids: Tensor,
+    /// `[batch, len]` u32 segment ids (0: the prompt, 1: earlier conversation).
+    pub type_ids: Tensor,
+    /// `[batch, len]` f32, 1 for real tokens and 0 for padding.
+    pub keep: Tensor,
+    /// Whether any row is padded; when none is, attention needs no mask.
+    pub padded: bool,
+}
+
+impl TokenBatch {
+    /// Pads `rows` (ids, type ids) to the longest one, on `device`.
+    pub fn new(rows: &[(&[u32], &[u32])], device: &candle_core::Device) -> Result<Self> {
+        let len = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * len);
+        let mut types = Vec::with_capacity(rows.len() * len);
+        let mut keep = Vec::with_capacity(rows.len() * len);
+        let mut padded = false;
+        for (row_ids, row_types) in rows {
+            padded |= row_ids.len() < len;
+            ids.extend_from_slice(row_ids);
+            types.extend_from_slice(row_types);
+            keep.extend(std::iter::repeat_n(1f32, row_ids.len()));
+            let pad = len - row_ids.len();
+            ids.extend(std::iter::repeat_n(0u32, pad));
+            types.extend(std::iter::repeat_n(0u32, pad));
+            keep.extend(std::iter::repeat_n(0f32, pad));
+        }
+        let shape = (rows.len(), len);
+        Ok(Self {
+            ids: Tensor::from_vec(ids, shape, device)?,
+            type_ids: Tensor::from_vec(types, shape, device)?,
+            keep: Tensor::from_vec(keep, shape, device)?,
+            padded,
+        })
+    }
+}
+
+/// Finite stand-in for minus infinity in the attention mask: exp() of it is exactly 0 in f32,
+/// and it stays finite in f16 and bf16.
+const MASKED: f64 = -10_000.0;
+
+/// Encoder plus classification head.
+#[derive(Debug, Clone)]
+pub struct TierModel {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    type_embeddings: Embedding,
+    embedding_norm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    head_dense: Dense,
+    head_out: Dense,
+    config: EncoderConfig,
+}
+
+impl TierModel {
+    /// Loads (or, with a `VarMap`-backed builder, creates) every weight under `vb`.
+    pub fn load(vb: VarBuilder, cfg: &EncoderConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let emb = vb.pp("embeddings");
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let word = emb.get_with_hints((cfg.vocab_size, h), "word", normal)?;
+        let position = emb.get_with_hints((cfg.max_position_embeddings, h), "position", normal)?;
+        let types = emb.get_with_hints((cfg.type_vocab_size, h), "token_type", normal)?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| EncoderLayer::load(vb.pp(format!("layers.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            word_embeddings: Embedding::new(word, h),
+            position_embeddings: Embedding::new(position, h),
+            type_embeddings: Embedding::new(types, h),
+            embedding_norm: LayerNorm::load(emb.pp("norm"), h, cfg.layer_norm_eps)?,
+            layers,
+            head_dense: Dense::load(vb.pp("head.dense"), h, h)?,
+            head_out: Dense::load(vb.pp("head.out"), h, cfg.num_labels)?,
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    /// Mean-pooled sentence vectors, `[batch, hidden]`.
+    pub fn pooled(&self, batch: &TokenBatch, mode: Mode) -> Result<Tensor> {
+        let (b, t) = batch.ids.dims2()?;
+        let device = batch.ids.device();
+        let positions = Tensor::arange(0u32, t as u32, device)?;
+        let x = self
+            .word_embeddings
+            .forward(&batch.ids)?
+            .broadcast_add(&self.position_embeddings.forward(&positions)?)?
+            .add(&self.type_embeddings.forward(&batch.type_ids)?)?;
+        let mut x = mode.dropout(&self.embedding_norm.forward(&x, mode)?)?;
+        let mask = if batch.padded {
+            // [b, 1, 1, t]: 0 where attended, MASKED where padding.
+            let m = ((batch.keep.ones_like()? - &batch.keep)? * MASKED)?;
+            Some(m.reshape((b, 1, 1, t))?.to_dtype(x.dtype())?)
+        } else {
+            None
+        };
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref(), mode)?;
+        }
+        if !batch.padded {
+            return x.mean(1);
+        }
+        let keep = batch.keep.to_dtype(x.dtype())?;
+        let summed = x.broadcast_mul(&keep.unsqueeze(2)?)?.sum(1)?;
+        let counts = keep.sum_keepdim(1)?.clamp(1.0, f64::MAX)?;
+        summed.broadcast_div(&counts)
+    }
+
+    /// Class logits from pooled vectors, `[batch, num_labels]`.
+    pub fn head(&self, pooled: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = self.head_dense.forward(&mode.dropout(pooled)?)?.gelu()?;
+        self.head_out.forward(&mode.dropout(&h)?)
+    }
+
+    /// Logits for a batch, `[batch, num_labels]`, in f32.
+    pub fn forward(&self, batch: &TokenBatch, mode: Mode) -> Result<Tensor> {
+        self.head(&self.pooled(batch, mode)?, mode)?
+            .to_dtype(DType::F32)
+    }
+}

@@ -1,0 +1,28 @@
+//! Subcommands of the `triage` binary, one file each.
+
+mod classify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A local prompt-difficulty router and LLM gateway.
+#[derive(Debug, Parser)]
+#[command(name = "triage", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Label prompts easy, medium, hard or needs_info.
+    Classify(classify::ClassifyArgs),
+}
+
+/// Runs the chosen subcommand and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Classify(args) => classify::run(args),
+    }
+}

@@ -1,0 +1,1 @@
+//! The routing gateway: OpenAI-shaped types, provider adapters, retries, failover and streaming.

@@ -1,0 +1,1 @@
+//! The tier -> model policy: pure functions, no I/O.

@@ -1,0 +1,1 @@
+//! Model prices, for counting cost in the gateway and estimating savings in batch reports.

@@ -1,0 +1,1 @@
+//! The HTTP server: routes, state, errors and metrics.
