@@ -6,6 +6,7 @@
 pub mod encoder;
 pub mod input;
 pub mod tokenize;
+pub mod worker;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
