@@ -92,7 +92,7 @@ async fn serve(state: ChatState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, handler::routes(state)).await;
+        let _ = axum::serve(listener, handler::routes::<()>(state)).await;
     });
     format!("http://{addr}")
 }
@@ -680,10 +680,11 @@ struct MarkerChooser;
 impl TierChooser for MarkerChooser {
     fn choose<'a>(
         &'a self,
-        prompt: &'a str,
+        req: &'a triage::gateway::types::ChatRequest,
         mode: &'a str,
     ) -> BoxFuture<'a, Result<TierChoice, String>> {
         async move {
+            let prompt = req.prompt_text();
             let tier = ["easy", "medium", "hard"]
                 .into_iter()
                 .find(|t| prompt.contains(&format!("[{t}]")))

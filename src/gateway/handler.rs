@@ -33,10 +33,10 @@ pub struct TierChoice {
 
 /// Chooses a model for a prompt: the classifier and policy, seen from the gateway.
 pub trait TierChooser: Send + Sync {
-    /// Picks a tier and model for `prompt` under `mode` (one of [`MODES`]).
+    /// Picks a tier and model for the request's prompt under `mode` (one of [`MODES`]).
     fn choose<'a>(
         &'a self,
-        prompt: &'a str,
+        req: &'a ChatRequest,
         mode: &'a str,
     ) -> BoxFuture<'a, Result<TierChoice, String>>;
 }
@@ -49,8 +49,8 @@ pub struct ChatState {
     pub chooser: Option<Arc<dyn TierChooser>>,
 }
 
-/// The chat-completions route, ready to merge into the app.
-pub fn routes(state: ChatState) -> Router {
+/// The chat-completions route, ready to merge into the app (whatever its state type).
+pub fn routes<S: Clone + Send + Sync + 'static>(state: ChatState) -> Router<S> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .with_state(state)
@@ -265,18 +265,15 @@ async fn resolve_model(
             Some("model"),
         )
     })?;
-    let choice = chooser
-        .choose(&req.prompt_text(), mode)
-        .await
-        .map_err(|e| {
-            ChatError::new(
-                503,
-                "server_error",
-                format!("could not choose a model: {e}"),
-                Some("model"),
-                "routing_failed",
-            )
-        })?;
+    let choice = chooser.choose(req, mode).await.map_err(|e| {
+        ChatError::new(
+            503,
+            "server_error",
+            format!("could not choose a model: {e}"),
+            Some("model"),
+            "routing_failed",
+        )
+    })?;
     Ok((choice.tier, choice.model))
 }
 

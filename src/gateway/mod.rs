@@ -6,7 +6,9 @@
 //! provider's error for the reply when all of them fail. It knows nothing of tiers: choosing
 //! the model is the caller's business.
 
+pub mod auto;
 pub mod breaker;
+pub mod from_config;
 pub mod handler;
 pub mod providers;
 pub mod retry;
@@ -56,6 +58,16 @@ impl Default for GatewaySettings {
             breaker_cooldown: Duration::from_secs(30),
         }
     }
+}
+
+/// Per-provider overrides of the retry count and timeouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderLimits {
+    pub max_retries: u32,
+    /// A whole non-streamed response.
+    pub attempt: Duration,
+    /// For streams: the wait for the first token.
+    pub first_token: Duration,
 }
 
 /// One step of a failover chain.
@@ -182,6 +194,7 @@ pub struct Gateway {
     providers: HashMap<String, Arc<dyn Provider>>,
     models: HashMap<String, ModelRoute>,
     settings: GatewaySettings,
+    limits: HashMap<String, ProviderLimits>,
     breaker: Arc<CircuitBreaker>,
 }
 
@@ -227,8 +240,25 @@ impl Gateway {
             providers,
             models,
             settings,
+            limits: HashMap::new(),
             breaker,
         })
+    }
+
+    /// Overrides the retry count and timeouts for one provider.
+    pub fn set_limits(&mut self, provider: &str, limits: ProviderLimits) {
+        self.limits.insert(provider.to_string(), limits);
+    }
+
+    fn limits(&self, provider: &str) -> ProviderLimits {
+        self.limits
+            .get(provider)
+            .cloned()
+            .unwrap_or(ProviderLimits {
+                max_retries: self.settings.retry.max_retries,
+                attempt: self.settings.timeouts.attempt,
+                first_token: self.settings.timeouts.first_token,
+            })
     }
 
     /// The settings in force.
@@ -289,8 +319,7 @@ impl Gateway {
         req: &ChatRequest,
         chain: &[Target],
     ) -> Result<Served<ChatResponse>, GatewayError> {
-        let attempt_limit = self.settings.timeouts.attempt;
-        self.run_chain(chain, attempt_limit, |p, upstream| p.infer(req, upstream))
+        self.run_chain(chain, false, |p, upstream| p.infer(req, upstream))
             .await
     }
 
@@ -301,10 +330,8 @@ impl Gateway {
         req: &ChatRequest,
         chain: &[Target],
     ) -> Result<Served<StartedStream>, GatewayError> {
-        let ttft = self.settings.timeouts.first_token;
-        let idle = self.settings.timeouts.attempt;
         let mut served = self
-            .run_chain(chain, ttft, |p, upstream| {
+            .run_chain(chain, true, |p, upstream| {
                 let fut = p.infer_stream(req, upstream);
                 async move {
                     let mut s = fut.await?;
@@ -330,6 +357,7 @@ impl Gateway {
                 }
             })
             .await?;
+        let idle = self.limits(&served.target.provider).attempt;
         let rest = std::mem::replace(&mut served.value.rest, stream::empty().boxed());
         served.value.rest = guard_stream(
             rest,
@@ -343,7 +371,7 @@ impl Gateway {
     async fn run_chain<'a, T, F, Fut>(
         &'a self,
         chain: &'a [Target],
-        attempt_limit: Duration,
+        stream: bool,
         call: F,
     ) -> Result<Served<T>, GatewayError>
     where
@@ -371,6 +399,12 @@ impl Gateway {
                 });
                 continue;
             }
+            let limits = self.limits(&target.provider);
+            let attempt_limit = if stream {
+                limits.first_token
+            } else {
+                limits.attempt
+            };
             let mut tries = 0u32;
             loop {
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -417,7 +451,7 @@ impl Gateway {
                 }
                 let retry = tries - 1;
                 let wait = if error.is_retryable()
-                    && retry < self.settings.retry.max_retries
+                    && retry < limits.max_retries
                     && !self.breaker.is_open(&target.provider)
                 {
                     self.settings.retry.backoff(retry, error.retry_after())

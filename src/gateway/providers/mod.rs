@@ -172,6 +172,9 @@ pub enum ProviderError {
     /// A stream broke after it had begun.
     #[error("stream interrupted: {0}")]
     StreamBroken(String),
+    /// The provider cannot be called as configured (e.g. its key's variable is unset).
+    #[error("not usable: {0}")]
+    NotConfigured(String),
     /// The circuit breaker is open for this provider.
     #[error("skipped: cooling down after repeated failures")]
     CoolingDown,

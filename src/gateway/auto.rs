@@ -1,0 +1,70 @@
+//! `auto` routing: the classifier worker and the tier policy behind the gateway's
+//! [`TierChooser`]. Classification that fails or misses its deadline fails open to the
+//! family's `unclassified` model.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+
+use super::handler::{TierChoice, TierChooser};
+use super::types::ChatRequest;
+use crate::classifier::tokenize::Prompt;
+use crate::classifier::worker::ClassifierWorker;
+use crate::policy::{Mode, TierPolicy};
+
+/// Classifier + policy, for `model: "auto[:mode]"`.
+#[derive(Clone)]
+pub struct PolicyChooser {
+    pub worker: ClassifierWorker,
+    pub policy: Arc<TierPolicy>,
+    /// Longest wait for the classifier before failing open.
+    pub deadline: Option<Duration>,
+}
+
+/// The classifier's view of a chat request: its messages, or all its text.
+pub fn prompt_of(req: &ChatRequest) -> Prompt {
+    serde_json::to_value(&req.messages)
+        .ok()
+        .and_then(|m| {
+            crate::classifier::input::prompt_from_json(&serde_json::json!({ "messages": m })).ok()
+        })
+        .unwrap_or_else(|| Prompt::text(req.prompt_text()))
+}
+
+impl TierChooser for PolicyChooser {
+    fn choose<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        mode: &'a str,
+    ) -> BoxFuture<'a, Result<TierChoice, String>> {
+        async move {
+            let mode = Mode::from_str(mode).map_err(|e| e.to_string())?;
+            let classify = self.worker.classify(prompt_of(req));
+            let prediction = match self.deadline {
+                Some(d) => tokio::time::timeout(d, classify)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => classify.await.ok(),
+            };
+            let choice = match &prediction {
+                Some(p) => {
+                    self.policy
+                        .choose(Some(p.tier), Some(&p.probabilities), mode, None, None)
+                }
+                None => self.policy.choose(None, None, mode, None, None),
+            }
+            .map_err(|e| e.to_string())?;
+            Ok(TierChoice {
+                tier: choice
+                    .routed_tier
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_else(|| "unclassified".to_string()),
+                model: choice.model,
+            })
+        }
+        .boxed()
+    }
+}
