@@ -1,6 +1,7 @@
 //! Subcommands of the `triage` binary, one file each.
 
 mod classify;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -18,11 +19,14 @@ pub struct Cli {
 enum Command {
     /// Label prompts easy, medium, hard or needs_info.
     Classify(classify::ClassifyArgs),
+    /// Serve the selectModel API (and the gateway) over HTTP.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the chosen subcommand and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Classify(args) => classify::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
