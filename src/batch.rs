@@ -1,1 +1,0 @@
-//! Offline classification of request logs and the savings report (`triage batch`).
