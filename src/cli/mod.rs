@@ -1,5 +1,6 @@
 //! Subcommands of the `triage` binary, one file each.
 
+mod batch;
 mod classify;
 mod serve;
 
@@ -21,6 +22,8 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Serve the selectModel API (and the gateway) over HTTP.
     Serve(serve::ServeArgs),
+    /// Classify request logs offline and report what routing would have saved.
+    Batch(batch::BatchArgs),
 }
 
 /// Runs the chosen subcommand and returns the process exit code.
@@ -28,5 +31,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Batch(args) => batch::run(args),
     }
 }
