@@ -785,3 +785,126 @@ async fn the_router_answers_in_process_without_a_socket() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn extra_routes_get_the_same_auth_and_metrics() {
+    use axum::routing::get;
+
+    let mut config = test_config();
+    config.server.api_keys = vec![Secret::Value("k".into())];
+    let state = triage::server::AppState::new(config, shipped_classifier(), "test-model").unwrap();
+    let extra = axum::Router::new().route("/v1/extra", get(|| async { "extra" }));
+    let router = triage::server::app_with(state.clone(), extra);
+    let listener = triage::server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(triage::server::serve_router(
+        listener,
+        router,
+        std::time::Duration::from_secs(5),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/extra");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    let ok = client.get(&url).bearer_auth("k").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "extra");
+    let text = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "triage_http_requests_total{endpoint=\"/v1/extra\",status=\"200\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// Runs `triage serve` with `args`, no inherited `TRIAGE_*` variables, and `env`.
+fn run_serve(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_triage"));
+    command.arg("serve").args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TRIAGE_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("run triage")
+}
+
+#[test]
+fn serve_rejects_unknown_config_keys_and_variables_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nlisten_adress = \"127.0.0.1:9\"\n").unwrap();
+    let out = run_serve(&["--check", "--config", bad.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("listen_adress"), "{stderr}");
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+
+    let out = run_serve(&["--check"], &[("TRIAGE_LISTN", "127.0.0.1:9")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("TRIAGE_LISTN"), "{stderr}");
+
+    let out = run_serve(&["--check"], &[("TRIAGE_MAX_BATCH", "lots")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TRIAGE_MAX_BATCH"));
+}
+
+#[test]
+fn serve_layers_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("triage.toml");
+    std::fs::write(
+        &file,
+        "[policy]\ndefault_family = \"openai\"\n\n[tiers.local]\neasy = \"small\"\nmedium = \"mid\"\nhard = \"big\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let out = run_serve(&["--check", "--config", path], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("default family: openai"), "{stdout}");
+    assert!(
+        stdout.contains("local: easy=small medium=mid hard=big"),
+        "{stdout}"
+    );
+    // The environment overrides the file...
+    let out = run_serve(
+        &["--check", "--config", path],
+        &[("TRIAGE_DEFAULT_FAMILY", "local")],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("default family: local"));
+    // ...and TRIAGE_CONFIG names the file when --config does not.
+    let out = run_serve(&["--check"], &[("TRIAGE_CONFIG", path)]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("default family: openai"));
+    // A flag overrides both, and is checked.
+    let out = run_serve(
+        &["--check", "--config", path, "--max-batch", "0"],
+        &[("TRIAGE_MAX_BATCH", "8")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.max_batch"));
+}

@@ -199,6 +199,10 @@ fn run(
             inference: started.elapsed(),
             failed: result.is_err(),
         };
+        // Reported before replying, so a caller that reads metrics after its answer sees it.
+        if let Some(observe) = observer {
+            observe(report);
+        }
         match result {
             Ok(predictions) => {
                 for (job, prediction) in batch.into_iter().zip(predictions) {
@@ -221,9 +225,6 @@ fn run(
                         .send(Err(WorkerError::Classifier(message.clone())));
                 }
             }
-        }
-        if let Some(observe) = observer {
-            observe(report);
         }
     }
 }

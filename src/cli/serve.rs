@@ -3,6 +3,7 @@
 //! Configuration comes from built-in defaults, then the TOML file (`--config` or
 //! `TRIAGE_CONFIG`), then `TRIAGE_*` variables, then these flags.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -150,5 +151,6 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

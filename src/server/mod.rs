@@ -112,9 +112,15 @@ impl AppState {
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
+    app_with(state, Router::new())
+}
+
+/// The HTTP surface plus `extra_api_routes` (e.g. the gateway's `/v1/chat/completions`),
+/// which get the same bearer auth, metrics and logs as the native routes. The request body
+/// limit (`server.max_body_bytes`) applies to the native routes only; extra routes set their
+/// own with `DefaultBodyLimit` when they need one.
+pub fn app_with(state: AppState, extra_api_routes: Router<AppState>) -> Router {
     let body_limit = state.config.server.max_body_bytes;
-    // Routes behind auth. The gateway adds `/v1/chat/completions` here (with its own body
-    // limit when it needs a larger one).
     let api = Router::new()
         .route("/v1/select-model", post(routes::select_model))
         .route("/v1/router/raw", post(routes::router_raw))
@@ -122,6 +128,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/router/{family}", post(routes::router_family))
         .route("/v1/models", get(routes::list_models))
         .layer(DefaultBodyLimit::max(body_limit))
+        .merge(extra_api_routes)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -151,8 +158,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+    serve_router(listener, app(state), grace, shutdown).await
+}
+
+/// Serves `router` (from [`app`] or [`app_with`]) until `shutdown` completes, then lets
+/// in-flight requests finish for up to `grace`.
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = signalled_tx.send(());
