@@ -55,6 +55,10 @@ pub const ENV_VARS: &[&str] = &[
     "TRIAGE_DEFAULT_FAMILY",
 ];
 
+/// `TRIAGE_*` variables that belong to other tools of this repository (training, tests);
+/// `triage serve` leaves them alone rather than calling them unknown.
+pub const OTHER_TOOLS_ENV_VARS: &[&str] = &["TRIAGE_TRAIN_COMMAND", "TRIAGE_KEEP_SCREENSHOT"];
+
 /// A secret named by reference. The file may only hold `env:VAR`; keys given through the
 /// environment (`TRIAGE_API_KEYS`) are held as values. `Debug` never shows a value.
 #[derive(Clone, PartialEq, Eq)]
@@ -423,7 +427,10 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
         for (name, value) in vars {
-            if !name.starts_with("TRIAGE_") {
+            if !name.starts_with("TRIAGE_")
+                || name.starts_with("TRIAGE_TEST_")
+                || OTHER_TOOLS_ENV_VARS.contains(&name.as_str())
+            {
                 continue;
             }
             let bad = |message: String| ConfigError::BadEnv {
@@ -753,6 +760,7 @@ provider = "openai"
             ("TRIAGE_API_KEYS", "a, b,,env:SOME_VAR"),
             ("TRIAGE_DEADLINE_MS", "0"),
             ("PATH", "/bin"),
+            ("TRIAGE_TRAIN_COMMAND", "ignored"),
         ]))
         .unwrap();
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:9090");
