@@ -754,3 +754,77 @@ async fn auto_routing_sends_each_tier_to_its_model() {
     .await;
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn config_builds_explicit_chains_and_same_tier_implicit_fallbacks() {
+    let cfg = triage::config::Config::from_toml(
+        r#"
+[providers.anthropic]
+kind = "anthropic"
+api_key = "env:TRIAGE_TEST_UNSET_KEY_FOR_GATEWAY"
+
+[providers.openai]
+kind = "openai"
+
+[providers.local]
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:9/v1"
+
+[models."fast"]
+provider = "local"
+upstream_name = "llama3.1:8b"
+fallbacks = ["gpt-4o"]
+
+[models."gpt-4o"]
+provider = "openai"
+"#,
+        "test",
+    )
+    .unwrap();
+    let policy = cfg.tier_policy().unwrap();
+    let gw = triage::gateway::from_config::build(&cfg, &policy).unwrap();
+    let chain: Vec<(String, String)> = gw
+        .chain("fast")
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.model, t.upstream))
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            ("fast".to_string(), "llama3.1:8b".to_string()),
+            ("gpt-4o".to_string(), "gpt-4o".to_string())
+        ]
+    );
+    // the anthropic medium model is routed implicitly and falls over to openai's medium one
+    let anthropic = policy.table("anthropic").unwrap();
+    let openai = policy.table("openai").unwrap();
+    let chain = gw.chain(&anthropic.medium).unwrap();
+    assert_eq!(chain[0].provider, "anthropic");
+    assert_eq!(chain[1].model, openai.medium);
+    assert!(!format!("{gw:?}").contains("sk-"));
+}
+
+#[tokio::test]
+async fn a_provider_whose_key_variable_is_unset_fails_without_a_request() {
+    let mock = MockProvider::start(Format::Anthropic).await;
+    let cfg = triage::config::Config::from_toml(
+        &format!(
+            "[providers.anthropic]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"env:TRIAGE_TEST_UNSET_KEY_FOR_GATEWAY\"\n\n[models.m]\nprovider = \"anthropic\"\n",
+            mock.base_url()
+        ),
+        "test",
+    )
+    .unwrap();
+    let policy = cfg.tier_policy().unwrap();
+    let gw = Arc::new(triage::gateway::from_config::build(&cfg, &policy).unwrap());
+    let base = serve_gateway(gw).await;
+    let r = post(&base, hello("m")).await;
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert!(
+        r.text.contains("TRIAGE_TEST_UNSET_KEY_FOR_GATEWAY"),
+        "{}",
+        r.text
+    );
+    assert_eq!(mock.hits(), 0);
+}

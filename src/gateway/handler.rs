@@ -19,6 +19,9 @@ use super::sse::data_event;
 use super::types::{ChatChunk, ChatRequest, Usage};
 use super::{Gateway, GatewayError, Served, Target};
 
+/// The largest chat request body accepted (base64 images included).
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
 /// The routing modes `auto:<mode>` accepts.
 pub const MODES: [&str; 3] = ["balanced", "aggressive", "cost"];
 
@@ -53,6 +56,8 @@ pub struct ChatState {
 pub fn routes<S: Clone + Send + Sync + 'static>(state: ChatState) -> Router<S> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        // Base64 images make chat bodies larger than classification requests.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 

@@ -12,6 +12,7 @@ pub mod from_config;
 pub mod handler;
 pub mod providers;
 pub mod retry;
+pub mod serve;
 pub mod sse;
 pub mod types;
 
