@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -131,11 +132,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // The gateway's `/v1/chat/completions` shares the classifier, policy, auth and metrics.
+    let chat_routes = triage::gateway::serve::api_routes(&state)
+        .context("building the gateway from the configuration")?;
+    let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+    let router = server::app_with(state, chat_routes);
     runtime.block_on(async move {
         let listener = server::bind(listen).await?;
         let local = listener.local_addr().unwrap_or(listen);
         tracing::info!(address = %local, auth, "listening");
-        server::run(listener, state, server::shutdown_signal()).await
+        server::serve_router(listener, router, grace, server::shutdown_signal()).await
     })?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
