@@ -28,9 +28,9 @@ pub struct TruncationConfig {
 impl Default for TruncationConfig {
     fn default() -> Self {
         Self {
-            max_tokens: 256,
-            head_tokens: 128,
-            context_tokens: 64,
+            max_tokens: 128,
+            head_tokens: 64,
+            context_tokens: 40,
         }
     }
 }

