@@ -312,10 +312,10 @@ impl Summary {
             self.classifier, self.prices_as_of
         );
         let _ = writeln!(s);
-        let _ = write!(s, "tiers    ");
+        let _ = write!(s, "tiers     ");
         for tier in Tier::ALL {
             let n = self.tiers.get(tier);
-            let _ = write!(s, "  {tier} {} ({})", thousands(n), pct(n, self.rows));
+            let _ = write!(s, " {tier} {} ({})", thousands(n), pct(n, self.rows));
         }
         let _ = writeln!(s);
         let t = &self.tokens;
@@ -340,8 +340,13 @@ impl Summary {
         } else {
             let _ = writeln!(
                 s,
-                "cost over {} priced rows      total      savings            rows to a cheaper model",
+                "cost of the {} priced rows (rows whose model has a price)",
                 thousands(self.priced_rows)
+            );
+            let _ = writeln!(
+                s,
+                "  {:<19}  {:>12}  {:>10} {:>7}  rows to a cheaper model",
+                "", "total", "savings", "%"
             );
             let _ = writeln!(
                 s,
