@@ -828,3 +828,145 @@ async fn a_provider_whose_key_variable_is_unset_fails_without_a_request() {
     );
     assert_eq!(mock.hits(), 0);
 }
+
+#[tokio::test]
+async fn an_unsupported_parameter_is_a_400_not_a_silent_failover() {
+    let a = MockProvider::start(Format::Anthropic).await;
+    let b = MockProvider::start(Format::OpenAi).await;
+    let gw = gateway(
+        &[
+            spec("a", "pa", ProviderKind::Anthropic, &a, &["b"]),
+            spec("b", "pb", ProviderKind::OpenAi, &b, &[]),
+        ],
+        fast_settings(),
+    );
+    let base = serve_gateway(gw).await;
+    let mut body = hello("a");
+    body["logit_bias"] = json!({"50256": -100});
+    let r = post(&base, body).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["error"]["param"], "logit_bias");
+    assert_eq!(r.header("x-triage-model"), "a");
+    assert_eq!(r.header("x-triage-attempts"), "0", "nothing was sent");
+    assert_eq!((a.hits(), b.hits()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_fallback_that_cannot_carry_a_parameter_is_skipped() {
+    let a = MockProvider::start(Format::OpenAi).await;
+    let b = MockProvider::start(Format::Anthropic).await;
+    let c = MockProvider::start(Format::OpenAi).await;
+    a.set_default(Behavior::Status {
+        status: 503,
+        retry_after: None,
+    });
+    let gw = gateway(
+        &[
+            spec("a", "pa", ProviderKind::OpenAi, &a, &["b", "c"]),
+            spec("b", "pb", ProviderKind::Anthropic, &b, &[]),
+            spec("c", "pc", ProviderKind::OpenAi, &c, &[]),
+        ],
+        fast_settings(),
+    );
+    let base = serve_gateway(gw).await;
+    let mut body = hello("a");
+    body["logit_bias"] = json!({"50256": -100});
+    let r = post(&base, body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-triage-model"), "c");
+    assert_eq!(
+        r.header("x-triage-attempts"),
+        "4",
+        "3 at a, none at b, 1 at c"
+    );
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_a_413_in_openais_shape() {
+    let mock = MockProvider::start(Format::OpenAi).await;
+    let gw = gateway(
+        &[spec("m", "p", ProviderKind::OpenAi, &mock, &[])],
+        fast_settings(),
+    );
+    let base = serve_gateway(gw).await;
+    let mut body = hello("m");
+    body["messages"][1]["content"] = json!("a".repeat(handler::MAX_BODY_BYTES + 1));
+    let r = post(&base, body).await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["code"], "request_too_large");
+    assert_eq!(mock.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_request_still_says_which_model_and_provider_it_tried() {
+    let mock = MockProvider::start(Format::OpenAi).await;
+    mock.set_default(Behavior::Status {
+        status: 500,
+        retry_after: None,
+    });
+    let gw = gateway(
+        &[spec("m", "p", ProviderKind::OpenAi, &mock, &[])],
+        fast_settings(),
+    );
+    let base = serve_gateway(gw).await;
+    for body in [hello("m"), streamed("m")] {
+        let r = post(&base, body).await;
+        assert_eq!(r.status, 502, "{}", r.text);
+        assert_eq!(r.header("x-triage-tier"), "none");
+        assert_eq!(r.header("x-triage-model"), "m");
+        assert_eq!(r.header("x-triage-provider"), "p");
+        assert_eq!(r.header("x-triage-attempts"), "3");
+        let overhead: f64 = r.header("x-triage-overhead-ms").parse().unwrap();
+        assert!(overhead >= 0.0);
+    }
+}
+
+/// Always picks a model no provider serves, as `auto` does with a tier table whose family
+/// has no provider configured.
+struct UnservedChooser;
+
+impl TierChooser for UnservedChooser {
+    fn choose<'a>(
+        &'a self,
+        _: &'a triage::gateway::types::ChatRequest,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<TierChoice, String>> {
+        async move {
+            Ok(TierChoice {
+                tier: "hard".into(),
+                model: "unserved-model".into(),
+            })
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test]
+async fn auto_choosing_a_model_no_provider_serves_is_a_503_naming_it() {
+    let mock = MockProvider::start(Format::OpenAi).await;
+    let gw = gateway(
+        &[spec("m", "p", ProviderKind::OpenAi, &mock, &[])],
+        fast_settings(),
+    );
+    let base = serve(ChatState {
+        gateway: gw,
+        chooser: Some(Arc::new(UnservedChooser)),
+    })
+    .await;
+    let r = post(&base, hello("auto")).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "model_not_routable");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unserved-model"));
+    assert_eq!(r.header("x-triage-tier"), "hard");
+    assert_eq!(r.header("x-triage-model"), "unserved-model");
+    // A name the client gave is still the client's mistake.
+    let r = post(&base, hello("no-such-model")).await;
+    assert_eq!(r.status, 404);
+}

@@ -11,7 +11,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use super::handler::{TierChoice, TierChooser};
 use super::types::ChatRequest;
 use crate::classifier::tokenize::Prompt;
-use crate::classifier::worker::ClassifierWorker;
+use crate::classifier::worker::{ClassifierWorker, WorkerError};
 use crate::policy::{Mode, TierPolicy};
 
 /// Classifier + policy, for `model: "auto[:mode]"`.
@@ -42,12 +42,21 @@ impl TierChooser for PolicyChooser {
         async move {
             let mode = Mode::from_str(mode).map_err(|e| e.to_string())?;
             let classify = self.worker.classify(prompt_of(req));
-            let prediction = match self.deadline {
-                Some(d) => tokio::time::timeout(d, classify)
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
-                None => classify.await.ok(),
+            let outcome = match self.deadline {
+                Some(d) => tokio::time::timeout(d, classify).await.unwrap_or_else(|_| {
+                    Err(WorkerError::Classifier(format!(
+                        "no prediction within {} ms",
+                        d.as_millis()
+                    )))
+                }),
+                None => classify.await,
+            };
+            let prediction = match outcome {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "auto routing fails open to the unclassified model");
+                    None
+                }
             };
             let choice = match &prediction {
                 Some(p) => {

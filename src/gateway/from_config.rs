@@ -65,7 +65,8 @@ impl Provider for Unusable {
 /// the same tier of the other served families as its fallbacks: a Sonnet-class request falls
 /// over to a GPT-class model, not to a mini.
 pub fn build(cfg: &Config, policy: &TierPolicy) -> Result<Gateway, GatewayError> {
-    let client = providers::http_client().map_err(GatewayError::Config)?;
+    // One client per distinct connect timeout: `connect_timeout_ms` is per provider.
+    let mut clients: HashMap<u64, reqwest::Client> = HashMap::new();
     let mut built: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     let mut limits = Vec::new();
     for (name, p) in &cfg.providers {
@@ -77,6 +78,15 @@ pub fn build(cfg: &Config, policy: &TierPolicy) -> Result<Gateway, GatewayError>
                 .map(|v| Some(Secret::new(v)))
                 .map_err(|e| e.to_string()),
         };
+        let client = match clients.get(&p.connect_timeout_ms) {
+            Some(c) => c.clone(),
+            None => {
+                let c = providers::http_client_with(Duration::from_millis(p.connect_timeout_ms))
+                    .map_err(GatewayError::Config)?;
+                clients.insert(p.connect_timeout_ms, c.clone());
+                c
+            }
+        };
         let provider = match key {
             Ok(api_key) => providers::build(
                 ProviderSettings {
@@ -85,7 +95,7 @@ pub fn build(cfg: &Config, policy: &TierPolicy) -> Result<Gateway, GatewayError>
                     base_url: p.base_url().map(str::to_string),
                     api_key,
                 },
-                client.clone(),
+                client,
             )
             .map_err(GatewayError::Config)?,
             Err(reason) => Arc::new(Unusable {

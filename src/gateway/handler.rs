@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -101,7 +102,7 @@ impl ChatError {
             GatewayError::Config(_) => {
                 Self::new(500, "server_error", e.to_string(), None, "config_error")
             }
-            GatewayError::AllFailed { failures } => {
+            GatewayError::AllFailed { failures, .. } => {
                 let param = failures.iter().find_map(|f| match &f.error {
                     ProviderError::Unsupported { param, .. } => Some(param.as_str()),
                     _ => None,
@@ -187,10 +188,35 @@ fn triage_headers<T>(
 }
 
 /// The handler.
-pub async fn chat_completions(State(state): State<ChatState>, body: Bytes) -> Response {
+pub async fn chat_completions(
+    State(state): State<ChatState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_rejection(&e).into_response(),
+    };
     match handle(&state, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+/// A body that could not be read: too large is 413, anything else 400, in OpenAI's shape.
+fn body_rejection(e: &BytesRejection) -> ChatError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ChatError::new(
+            413,
+            "invalid_request_error",
+            format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+            None,
+            "request_too_large",
+        )
+    } else {
+        ChatError::bad_request(
+            format!("cannot read the request body: {}", e.body_text()),
+            None,
+        )
     }
 }
 
@@ -212,8 +238,23 @@ async fn handle(state: &ChatState, body: &[u8]) -> Result<Response, ChatError> {
     }
     let (tier, model) = resolve_model(state, &req).await?;
     let chain = state.gateway.chain(&model).map_err(|e| {
-        let mut err = ChatError::from_gateway(&e);
+        let mut err = match &e {
+            // The client said `auto`: the model is triage's choice, and the fix is in the
+            // server's configuration, not in the request.
+            GatewayError::UnknownModel(m) if is_auto(&req.model) => ChatError::new(
+                503,
+                "server_error",
+                format!(
+                    "auto routing chose `{m}` (tier {tier}), but no provider serves it; \
+                     configure the provider of its tier table or add [models.\"{m}\"]"
+                ),
+                Some("model"),
+                "model_not_routable",
+            ),
+            _ => ChatError::from_gateway(&e),
+        };
         err.headers.push(("x-triage-tier", tier.clone()));
+        err.headers.push(("x-triage-model", model.clone()));
         err
     })?;
     if req.is_stream() {
@@ -231,18 +272,36 @@ async fn handle(state: &ChatState, body: &[u8]) -> Result<Response, ChatError> {
                 set_headers(&mut resp, &headers);
                 Ok(resp)
             }
-            Err(e) => Err(failed(&e, &tier, started)),
+            Err(e) => Err(failed(&e, &tier, &chain, started)),
         }
     }
 }
 
-fn failed(e: &GatewayError, tier: &str, started: Instant) -> ChatError {
+fn is_auto(model: &str) -> bool {
+    model == "auto" || model.starts_with("auto:")
+}
+
+/// The error when the whole chain failed, with the headers that still mean something: the
+/// model asked for (or chosen), the provider tried last, the attempts, and triage's overhead.
+fn failed(e: &GatewayError, tier: &str, chain: &[Target], started: Instant) -> ChatError {
     let mut err = ChatError::from_gateway(e);
-    err.headers = vec![
-        ("x-triage-tier", tier.to_string()),
+    err.headers = vec![("x-triage-tier", tier.to_string())];
+    if let Some(first) = chain.first() {
+        err.headers.push(("x-triage-model", first.model.clone()));
+    }
+    if let GatewayError::AllFailed { failures, .. } = e {
+        if let Some(last) = failures.last() {
+            err.headers
+                .push(("x-triage-provider", last.target.provider.clone()));
+        }
+    }
+    err.headers.extend([
         ("x-triage-attempts", e.attempts().to_string()),
-        ("x-triage-overhead-ms", overhead_ms(started, Duration::ZERO)),
-    ];
+        (
+            "x-triage-overhead-ms",
+            overhead_ms(started, e.provider_time()),
+        ),
+    ]);
     err
 }
 
@@ -323,7 +382,7 @@ async fn stream_response(
         .gateway
         .complete_stream(&req, chain)
         .await
-        .map_err(|e| failed(&e, tier, started))?;
+        .map_err(|e| failed(&e, tier, chain, started))?;
     // Cost is known only at the end of a stream: it rides on the usage chunk instead.
     let headers = triage_headers(tier, &served, started, None);
     let include_usage = req.include_usage();

@@ -114,9 +114,14 @@ pub enum GatewayError {
     /// The configuration names something that does not exist.
     #[error("invalid gateway configuration: {0}")]
     Config(String),
-    /// Every step of the chain failed; each one's error is kept.
+    /// Every step of the chain failed (or one failed in a way no other step can fix: the
+    /// request uses a parameter its model cannot carry); each one's error is kept.
     #[error("every provider failed: {}", list(.failures))]
-    AllFailed { failures: Vec<Failure> },
+    AllFailed {
+        failures: Vec<Failure>,
+        /// Time spent waiting on providers and backing off: not triage's overhead.
+        provider_time: Duration,
+    },
 }
 
 fn list(failures: &[Failure]) -> String {
@@ -134,7 +139,7 @@ impl GatewayError {
         match self {
             GatewayError::UnknownModel(_) => 400,
             GatewayError::Config(_) => 500,
-            GatewayError::AllFailed { failures } => {
+            GatewayError::AllFailed { failures, .. } => {
                 let all = |f: &dyn Fn(&ProviderError) -> bool| {
                     !failures.is_empty() && failures.iter().all(|x| f(&x.error))
                 };
@@ -154,8 +159,16 @@ impl GatewayError {
     /// Requests sent upstream before giving up.
     pub fn attempts(&self) -> u32 {
         match self {
-            GatewayError::AllFailed { failures } => failures.iter().map(|f| f.attempts).sum(),
+            GatewayError::AllFailed { failures, .. } => failures.iter().map(|f| f.attempts).sum(),
             _ => 0,
+        }
+    }
+
+    /// Time spent waiting on providers before giving up.
+    pub fn provider_time(&self) -> Duration {
+        match self {
+            GatewayError::AllFailed { provider_time, .. } => *provider_time,
+            _ => Duration::ZERO,
         }
     }
 }
@@ -383,7 +396,7 @@ impl Gateway {
         let mut failures: Vec<Failure> = Vec::new();
         let mut attempts = 0u32;
         let mut provider_time = Duration::ZERO;
-        for target in chain {
+        for (step, target) in chain.iter().enumerate() {
             let Some(provider) = self.providers.get(&target.provider) else {
                 failures.push(Failure {
                     target: target.clone(),
@@ -418,7 +431,10 @@ impl Gateway {
                             self.settings.timeouts.total
                         )),
                     });
-                    return Err(GatewayError::AllFailed { failures });
+                    return Err(GatewayError::AllFailed {
+                        failures,
+                        provider_time,
+                    });
                 }
                 let limit = attempt_limit.min(remaining);
                 tries += 1;
@@ -450,6 +466,25 @@ impl Gateway {
                 if error.is_provider_fault() {
                     self.breaker.record_failure(&target.provider);
                 }
+                if matches!(error, ProviderError::Unsupported { .. }) {
+                    // Refused before anything was sent, and no retry can change that.
+                    tries -= 1;
+                    attempts -= 1;
+                    failures.push(Failure {
+                        target: target.clone(),
+                        attempts: tries,
+                        error,
+                    });
+                    // The client asked for something the model it named cannot carry: say so
+                    // in a 400 rather than quietly answering from another model down the chain.
+                    if step == 0 {
+                        return Err(GatewayError::AllFailed {
+                            failures,
+                            provider_time,
+                        });
+                    }
+                    break;
+                }
                 let retry = tries - 1;
                 let wait = if error.is_retryable()
                     && retry < limits.max_retries
@@ -475,7 +510,10 @@ impl Gateway {
                 }
             }
         }
-        Err(GatewayError::AllFailed { failures })
+        Err(GatewayError::AllFailed {
+            failures,
+            provider_time,
+        })
     }
 }
 

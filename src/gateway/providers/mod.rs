@@ -273,12 +273,18 @@ pub fn build(
     })
 }
 
-/// The shared HTTP client for providers (rustls with the ring crypto provider).
+/// The shared HTTP client for providers (rustls with the ring crypto provider), with a
+/// 10-second connect timeout.
 pub fn http_client() -> Result<reqwest::Client, String> {
+    http_client_with(Duration::from_secs(10))
+}
+
+/// An HTTP client for providers that gives up connecting after `connect_timeout`.
+pub fn http_client_with(connect_timeout: Duration) -> Result<reqwest::Client, String> {
     // Ignore the result: another part of the process may have installed one already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(connect_timeout)
         .build()
         .map_err(|e| format!("could not build the HTTP client: {e}"))
 }
@@ -406,6 +412,63 @@ pub(crate) fn parse_event(data: &str) -> Result<Value, ProviderError> {
         .map_err(|e| ProviderError::Malformed(format!("stream event is not valid JSON ({e})")))
 }
 
+/// Turns one provider's stream events into OpenAI chunks, keeping whatever state it needs.
+pub trait StreamTranslator: Send + 'static {
+    /// Translates one event; may yield no chunk (pings) or several.
+    fn on_event(&mut self, event: &super::sse::SseEvent) -> Result<Vec<ChatChunk>, ProviderError>;
+    /// Whether the provider's end-of-stream marker has been seen; a stream that ends before
+    /// it was cut.
+    fn is_done(&self) -> bool;
+}
+
+/// Runs a translator over a provider's SSE body.
+pub(crate) fn translate_stream<T: StreamTranslator>(
+    resp: reqwest::Response,
+    http: Http,
+    translator: T,
+) -> ChunkStream {
+    use futures_util::stream::{self, StreamExt};
+    let events = super::sse::events(resp.bytes_stream());
+    stream::unfold(
+        (events, translator, http, false),
+        |(mut events, mut t, http, stop)| async move {
+            if stop {
+                return None;
+            }
+            loop {
+                if t.is_done() {
+                    return None;
+                }
+                match events.next().await {
+                    Some(Ok(ev)) => match t.on_event(&ev) {
+                        Ok(chunks) if chunks.is_empty() => continue,
+                        Ok(chunks) => {
+                            let items: Vec<Result<ChatChunk, ProviderError>> =
+                                chunks.into_iter().map(Ok).collect();
+                            return Some((stream::iter(items), (events, t, http, false)));
+                        }
+                        Err(e) => {
+                            return Some((stream::iter(vec![Err(e)]), (events, t, http, true)))
+                        }
+                    },
+                    Some(Err(e)) => {
+                        let err = ProviderError::StreamBroken(http.redact(&error_chain(&e)));
+                        return Some((stream::iter(vec![Err(err)]), (events, t, http, true)));
+                    }
+                    None => {
+                        let err = ProviderError::StreamBroken(
+                            "the provider closed the stream before its end marker".to_string(),
+                        );
+                        return Some((stream::iter(vec![Err(err)]), (events, t, http, true)));
+                    }
+                }
+            }
+        },
+    )
+    .flatten()
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,61 +527,4 @@ mod tests {
         h.insert("retry-after-ms", "150".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
     }
-}
-
-/// Turns one provider's stream events into OpenAI chunks, keeping whatever state it needs.
-pub trait StreamTranslator: Send + 'static {
-    /// Translates one event; may yield no chunk (pings) or several.
-    fn on_event(&mut self, event: &super::sse::SseEvent) -> Result<Vec<ChatChunk>, ProviderError>;
-    /// Whether the provider's end-of-stream marker has been seen; a stream that ends before
-    /// it was cut.
-    fn is_done(&self) -> bool;
-}
-
-/// Runs a translator over a provider's SSE body.
-pub(crate) fn translate_stream<T: StreamTranslator>(
-    resp: reqwest::Response,
-    http: Http,
-    translator: T,
-) -> ChunkStream {
-    use futures_util::stream::{self, StreamExt};
-    let events = super::sse::events(resp.bytes_stream());
-    stream::unfold(
-        (events, translator, http, false),
-        |(mut events, mut t, http, stop)| async move {
-            if stop {
-                return None;
-            }
-            loop {
-                if t.is_done() {
-                    return None;
-                }
-                match events.next().await {
-                    Some(Ok(ev)) => match t.on_event(&ev) {
-                        Ok(chunks) if chunks.is_empty() => continue,
-                        Ok(chunks) => {
-                            let items: Vec<Result<ChatChunk, ProviderError>> =
-                                chunks.into_iter().map(Ok).collect();
-                            return Some((stream::iter(items), (events, t, http, false)));
-                        }
-                        Err(e) => {
-                            return Some((stream::iter(vec![Err(e)]), (events, t, http, true)))
-                        }
-                    },
-                    Some(Err(e)) => {
-                        let err = ProviderError::StreamBroken(http.redact(&error_chain(&e)));
-                        return Some((stream::iter(vec![Err(err)]), (events, t, http, true)));
-                    }
-                    None => {
-                        let err = ProviderError::StreamBroken(
-                            "the provider closed the stream before its end marker".to_string(),
-                        );
-                        return Some((stream::iter(vec![Err(err)]), (events, t, http, true)));
-                    }
-                }
-            }
-        },
-    )
-    .flatten()
-    .boxed()
 }
