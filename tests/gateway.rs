@@ -970,3 +970,25 @@ async fn auto_choosing_a_model_no_provider_serves_is_a_503_naming_it() {
     let r = post(&base, hello("no-such-model")).await;
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test]
+async fn a_message_without_content_is_a_400_before_any_provider_is_asked() {
+    let mock = MockProvider::start(Format::Anthropic).await;
+    let gw = gateway(
+        &[spec("m", "p", ProviderKind::Anthropic, &mock, &[])],
+        fast_settings(),
+    );
+    let base = serve_gateway(gw).await;
+    for messages in [
+        json!([{"role": "user"}]),
+        json!([{"role": "user", "content": "hi"}, {"role": "assistant"}]),
+        json!([{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]),
+    ] {
+        let r = post(&base, json!({"model": "m", "messages": messages})).await;
+        assert_eq!(r.status, 400, "{messages}: {}", r.text);
+        let v = r.json();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "messages");
+    }
+    assert_eq!(mock.hits(), 0);
+}

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::providers::ProviderError;
 use super::sse::data_event;
-use super::types::{ChatChunk, ChatRequest, Usage};
+use super::types::{ChatChunk, ChatRequest, Message, Role, Usage};
 use super::{Gateway, GatewayError, Served, Target};
 
 /// The largest chat request body accepted (base64 images included).
@@ -236,6 +236,7 @@ async fn handle(state: &ChatState, body: &[u8]) -> Result<Response, ChatError> {
             Some("messages"),
         ));
     }
+    check_messages(&req.messages)?;
     let (tier, model) = resolve_model(state, &req).await?;
     let chain = state.gateway.chain(&model).map_err(|e| {
         let mut err = match &e {
@@ -275,6 +276,32 @@ async fn handle(state: &ChatState, body: &[u8]) -> Result<Response, ChatError> {
             Err(e) => Err(failed(&e, &tier, &chain, started)),
         }
     }
+}
+
+/// Every message must say something: content, or (from the assistant) tool calls. A message
+/// without either would reach a provider as an empty turn and fail there, far from its cause.
+fn check_messages(messages: &[Message]) -> Result<(), ChatError> {
+    for (i, m) in messages.iter().enumerate() {
+        let has_content = m.content.is_some();
+        let has_calls = m.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
+        let ok = match m.role {
+            Role::Assistant => has_content || has_calls,
+            _ => has_content,
+        };
+        if !ok {
+            return Err(ChatError::bad_request(
+                format!("`messages[{i}]` has no `content`"),
+                Some("messages"),
+            ));
+        }
+        if m.role == Role::Tool && m.tool_call_id.as_deref().is_none_or(str::is_empty) {
+            return Err(ChatError::bad_request(
+                format!("`messages[{i}]` is a tool result without a `tool_call_id`"),
+                Some("messages"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_auto(model: &str) -> bool {
