@@ -846,6 +846,7 @@ async fn an_unsupported_parameter_is_a_400_not_a_silent_failover() {
     let r = post(&base, body).await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.json()["error"]["param"], "logit_bias");
+    assert_eq!(r.json()["error"]["code"], "unsupported_parameter");
     assert_eq!(r.header("x-triage-model"), "a");
     assert_eq!(r.header("x-triage-attempts"), "0", "nothing was sent");
     assert_eq!((a.hits(), b.hits()), (0, 0));

@@ -112,7 +112,11 @@ impl ChatError {
                     429 => "rate_limit_error",
                     _ => "upstream_error",
                 };
-                let mut err = Self::new(status, kind, e.to_string(), param, "all_providers_failed");
+                let code = match (status, param) {
+                    (400, Some(_)) => "unsupported_parameter",
+                    _ => "all_providers_failed",
+                };
+                let mut err = Self::new(status, kind, e.to_string(), param, code);
                 err.body["error"]["failures"] = failures
                     .iter()
                     .map(|f| {
