@@ -4,8 +4,8 @@
 //! ([`classifier`]); a policy maps the label to a model; a gateway delivers the request to that
 //! model's provider.
 
-pub mod classifier;
 pub mod batch;
+pub mod classifier;
 pub mod config;
 pub mod gateway;
 pub mod policy;

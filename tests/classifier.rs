@@ -5,23 +5,22 @@
 use std::sync::OnceLock;
 
 use candle_core::Device;
-use triage::classifier::{
-    default_model_dir, Classifier, ClassifierError, Prompt, Tier, Turn,
-};
+use triage::classifier::{default_model_dir, Classifier, ClassifierError, Prompt, Tier, Turn};
 
 fn classifier() -> &'static Classifier {
     static C: OnceLock<Classifier> = OnceLock::new();
-    C.get_or_init(|| Classifier::load(default_model_dir(), &Device::Cpu).expect("shipped model loads"))
-}
-
-fn tier_of(text: &str) -> Tier {
-    classifier().classify(&[text]).expect("classifies")[0].top_tier
+    C.get_or_init(|| {
+        Classifier::load(default_model_dir(), &Device::Cpu).expect("shipped model loads")
+    })
 }
 
 #[test]
 fn short_prompt_is_wrapped_in_special_tokens_and_not_truncated() {
     let c = classifier();
-    let enc = c.tokenizer().encode(&Prompt::text("What is 17 times 23?")).unwrap();
+    let enc = c
+        .tokenizer()
+        .encode(&Prompt::text("What is 17 times 23?"))
+        .unwrap();
     assert_eq!(enc.ids.first(), Some(&101), "[CLS] first");
     assert_eq!(enc.ids.last(), Some(&102), "[SEP] last");
     assert!(enc.type_ids.iter().all(|&t| t == 0));
@@ -34,10 +33,7 @@ fn long_prompt_keeps_head_and_tail_within_budget() {
     let c = classifier();
     let max = c.tokenizer().config().max_tokens;
     let head = c.tokenizer().config().head_tokens;
-    let text = format!(
-        "alpha {} omega",
-        "filler ".repeat(5_000)
-    );
+    let text = format!("alpha {} omega", "filler ".repeat(5_000));
     let enc = c.tokenizer().encode(&Prompt::text(text)).unwrap();
     assert_eq!(enc.ids.len(), max);
     assert!(enc.truncated);
@@ -65,7 +61,10 @@ fn conversation_context_is_a_second_segment_and_bounded() {
     let segment_b = enc.type_ids.iter().filter(|&&t| t == 1).count();
     assert!(segment_b > 0 && segment_b <= cfg.max_tokens - 3);
     // Segment A (the last user turn) is whole: "now make it shorter." plus [CLS] and [SEP].
-    let own = c.tokenizer().encode(&Prompt::text("Now make it shorter.")).unwrap();
+    let own = c
+        .tokenizer()
+        .encode(&Prompt::text("Now make it shorter."))
+        .unwrap();
     assert_eq!(&enc.ids[..own.ids.len()], own.ids.as_slice());
 }
 
@@ -81,7 +80,10 @@ fn one_megabyte_prompt_is_classified_quickly_and_marked_truncated() {
 #[test]
 fn empty_prompt_is_an_error_not_a_guess() {
     let err = classifier().classify(&["fine", "   \n\t"]).unwrap_err();
-    assert!(matches!(err, ClassifierError::EmptyPrompt { index: 1 }), "{err}");
+    assert!(
+        matches!(err, ClassifierError::EmptyPrompt { index: 1 }),
+        "{err}"
+    );
     assert!(classifier().classify(&[]).unwrap().is_empty());
 }
 
@@ -113,7 +115,10 @@ fn batch_results_equal_single_results() {
 
 #[test]
 fn probabilities_are_calibrated_distributions() {
-    for p in classifier().classify(&["hello there", "prove the four colour theorem"]).unwrap() {
+    for p in classifier()
+        .classify(&["hello there", "prove the four colour theorem"])
+        .unwrap()
+    {
         let sum: f32 = p.probabilities.to_array().iter().sum();
         assert!((sum - 1.0).abs() < 1e-4);
         assert_eq!(p.confidence, p.probabilities.get(p.top_tier));
@@ -235,7 +240,10 @@ fn unmistakable_needs_info_prompts_are_needs_info() {
 fn a_follow_up_with_history_is_not_needs_info() {
     let alone = Prompt::text("Now make it shorter.");
     let with_history = Prompt::from_turns(&[
-        Turn::new("user", "Write a haiku-length slogan for a bakery that sells sourdough."),
+        Turn::new(
+            "user",
+            "Write a haiku-length slogan for a bakery that sells sourdough.",
+        ),
         Turn::new(
             "assistant",
             "Crackling crust at dawn, slow-risen loaves, our sourdough waits warm for you here.",

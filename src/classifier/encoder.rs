@@ -1,4 +1,4 @@
-//! The tier model: a small BERT-style encoder, mean pooling and a two-layer head.
+//! The tier model: a small BERT-style (pre-LayerNorm) encoder, mean pooling and a two-layer head.
 //!
 //! Written on candle's basic tensor ops rather than candle-transformers' `BertModel` so that one
 //! definition both trains and serves: every weight receives a gradient in training (the stock
@@ -93,13 +93,20 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         if mode == Mode::Infer {
-            return candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32);
+            return candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            );
         }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -168,12 +175,17 @@ impl EncoderLayer {
         })
     }
 
+    /// Pre-LayerNorm: `x + attention(norm(x))`, then `x + ffn(norm(x))`. The residual stream
+    /// carries the embeddings straight to the pooling, which trains from scratch far faster and
+    /// more stably than BERT's post-LayerNorm at this size.
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
-        let attended = mode.dropout(&self.attention.forward(x, mask, mode)?)?;
-        let x = self.attention_norm.forward(&(attended + x)?, mode)?;
-        let inner = self.ffn_in.forward(&x)?.gelu()?;
+        let normed = self.attention_norm.forward(x, mode)?;
+        let attended = mode.dropout(&self.attention.forward(&normed, mask, mode)?)?;
+        let x = (x + attended)?;
+        let normed = self.ffn_norm.forward(&x, mode)?;
+        let inner = self.ffn_in.forward(&normed)?.gelu()?;
         let out = mode.dropout(&self.ffn_out.forward(&inner)?)?;
-        self.ffn_norm.forward(&(out + x)?, mode)
+        x + out
     }
 }
 
@@ -230,6 +242,7 @@ pub struct TierModel {
     type_embeddings: Embedding,
     embedding_norm: LayerNorm,
     layers: Vec<EncoderLayer>,
+    final_norm: LayerNorm,
     head_dense: Dense,
     head_out: Dense,
     config: EncoderConfig,
@@ -256,6 +269,7 @@ impl TierModel {
             type_embeddings: Embedding::new(types, h),
             embedding_norm: LayerNorm::load(emb.pp("norm"), h, cfg.layer_norm_eps)?,
             layers,
+            final_norm: LayerNorm::load(vb.pp("final_norm"), h, cfg.layer_norm_eps)?,
             head_dense: Dense::load(vb.pp("head.dense"), h, h)?,
             head_out: Dense::load(vb.pp("head.out"), h, cfg.num_labels)?,
             config: cfg.clone(),
@@ -264,6 +278,13 @@ impl TierModel {
 
     pub fn config(&self) -> &EncoderConfig {
         &self.config
+    }
+
+    /// Stops gradients at the word-embedding table (training keeps it as initialised); the
+    /// table still shares storage with its variable, so later updates to the variable show.
+    pub fn freeze_word_embeddings(&mut self) {
+        let table = self.word_embeddings.embeddings().detach();
+        self.word_embeddings = Embedding::new(table, self.config.hidden_size);
     }
 
     /// Mean-pooled sentence vectors, `[batch, hidden]`.
@@ -287,6 +308,7 @@ impl TierModel {
         for layer in &self.layers {
             x = layer.forward(&x, mask.as_ref(), mode)?;
         }
+        let x = self.final_norm.forward(&x, mode)?;
         if !batch.padded {
             return x.mean(1);
         }

@@ -64,13 +64,13 @@ pub fn turns_from_messages(messages: &Value) -> Result<Vec<Turn>, InputError> {
                 index,
                 message: "must be an object".into(),
             })?;
-            let role = obj
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| InputError::BadMessage {
-                    index,
-                    message: "needs a string \"role\"".into(),
-                })?;
+            let role =
+                obj.get("role")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| InputError::BadMessage {
+                        index,
+                        message: "needs a string \"role\"".into(),
+                    })?;
             let content = content_text(obj.get("content").unwrap_or(&Value::Null))
                 .map_err(|message| InputError::BadMessage { index, message })?;
             Ok(Turn::new(role, content))
@@ -150,8 +150,14 @@ mod tests {
                 expected: "a string"
             })
         );
-        assert_eq!(prompt_from_json(&json!({"input": "  "})), Err(InputError::Empty));
-        assert_eq!(prompt_from_json(&json!({"other": "x"})), Err(InputError::Missing));
+        assert_eq!(
+            prompt_from_json(&json!({"input": "  "})),
+            Err(InputError::Empty)
+        );
+        assert_eq!(
+            prompt_from_json(&json!({"other": "x"})),
+            Err(InputError::Missing)
+        );
         assert!(matches!(
             prompt_from_json(&json!({"messages": [{"content": "x"}]})),
             Err(InputError::BadMessage { index: 0, .. })

@@ -166,7 +166,12 @@ pub struct Prediction {
 
 impl Prediction {
     /// Applies temperature-scaled softmax and the confidence threshold to raw logits.
-    pub fn from_logits(logits: [f32; 4], temperature: f32, threshold: f32, encoded: &Encoded) -> Self {
+    pub fn from_logits(
+        logits: [f32; 4],
+        temperature: f32,
+        threshold: f32,
+        encoded: &Encoded,
+    ) -> Self {
         let probabilities = TierProbabilities::from_array(softmax(logits, temperature));
         let (top_tier, confidence) = probabilities.top();
         let confident = confidence >= threshold;

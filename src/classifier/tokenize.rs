@@ -168,7 +168,12 @@ impl PromptTokenizer {
     }
 
     /// Token ids of `text` without special tokens, limited to `head + tail` tokens.
-    fn pieces(&self, text: &str, head: usize, tail: usize) -> Result<(Vec<u32>, bool), ClassifierError> {
+    fn pieces(
+        &self,
+        text: &str,
+        head: usize,
+        tail: usize,
+    ) -> Result<(Vec<u32>, bool), ClassifierError> {
         let budget = (head + tail) * BYTES_PER_TOKEN;
         let (clipped, mut truncated) = clip_middle(text, head * BYTES_PER_TOKEN, budget);
         let encoding = self
@@ -190,12 +195,17 @@ impl PromptTokenizer {
     pub fn encode(&self, prompt: &Prompt) -> Result<Encoded, ClassifierError> {
         let cfg = &self.config;
         let context = prompt.context.trim();
-        let context_budget = if context.is_empty() { 0 } else { cfg.context_tokens };
+        let context_budget = if context.is_empty() {
+            0
+        } else {
+            cfg.context_tokens
+        };
         // Specials: [CLS] and [SEP], plus a second [SEP] when there is context.
         let specials = if context_budget > 0 { 3 } else { 2 };
         let text_budget = cfg.max_tokens - specials - context_budget;
         let head = cfg.head_tokens.min(text_budget);
-        let (text_ids, mut truncated) = self.pieces(prompt.text.trim(), head, text_budget - head)?;
+        let (text_ids, mut truncated) =
+            self.pieces(prompt.text.trim(), head, text_budget - head)?;
 
         let mut ids = Vec::with_capacity(cfg.max_tokens);
         ids.push(self.cls);

@@ -101,7 +101,9 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     let mut line_no = 0usize;
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).context("reading input")?;
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .context("reading input")?;
         if n == 0 {
             break;
         }
@@ -143,7 +145,9 @@ fn parse_line(raw: &[u8]) -> Result<Option<Prompt>, String> {
     if text.trim_start().starts_with('{') {
         let value: Value =
             serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
-        return prompt_from_json(&value).map(Some).map_err(|e| e.to_string());
+        return prompt_from_json(&value)
+            .map(Some)
+            .map_err(|e| e.to_string());
     }
     Ok(Some(Prompt::text(text)))
 }
@@ -258,9 +262,13 @@ mod tests {
             parse_line(br#"{"prompt": "hello"}"#).unwrap().unwrap().text,
             "hello"
         );
-        assert!(parse_line(b"{not json").unwrap_err().contains("not valid JSON"));
+        assert!(parse_line(b"{not json")
+            .unwrap_err()
+            .contains("not valid JSON"));
         assert!(parse_line(b"caf\xff").unwrap_err().contains("UTF-8"));
-        assert!(parse_line(br#"{"text": ""}"#).unwrap_err().contains("empty"));
+        assert!(parse_line(br#"{"text": ""}"#)
+            .unwrap_err()
+            .contains("empty"));
     }
 
     #[test]

@@ -6,24 +6,97 @@
 use triage::classifier::Tier;
 
 const REASONING: &[&str] = &[
-    "prove", "proof", "derive", "step by step", "analyze", "analyse", "trade-off", "tradeoff",
-    "optimize", "optimise", "design", "architecture", "algorithm", "complexity", "evaluate",
-    "compare", "reason", "theorem", "lemma", "rigorous", "justify",
+    "prove",
+    "proof",
+    "derive",
+    "step by step",
+    "analyze",
+    "analyse",
+    "trade-off",
+    "tradeoff",
+    "optimize",
+    "optimise",
+    "design",
+    "architecture",
+    "algorithm",
+    "complexity",
+    "evaluate",
+    "compare",
+    "reason",
+    "theorem",
+    "lemma",
+    "rigorous",
+    "justify",
 ];
 const TECHNICAL: &[&str] = &[
-    "distributed", "concurrency", "kubernetes", "database", "latency", "throughput", "integral",
-    "matrix", "eigen", "probability", "polynomial", "regression", "compiler", "kernel",
-    "cryptograph", "quantum", "differential", "asymptotic", "microservice", "consensus",
+    "distributed",
+    "concurrency",
+    "kubernetes",
+    "database",
+    "latency",
+    "throughput",
+    "integral",
+    "matrix",
+    "eigen",
+    "probability",
+    "polynomial",
+    "regression",
+    "compiler",
+    "kernel",
+    "cryptograph",
+    "quantum",
+    "differential",
+    "asymptotic",
+    "microservice",
+    "consensus",
 ];
 const SIMPLE: &[&str] = &[
-    "what is", "what's", "who is", "who was", "when did", "when was", "where is", "define",
-    "definition", "capital of", "translate", "how many", "hello", "hi ", "thanks", "meaning of",
+    "what is",
+    "what's",
+    "who is",
+    "who was",
+    "when did",
+    "when was",
+    "where is",
+    "define",
+    "definition",
+    "capital of",
+    "translate",
+    "how many",
+    "hello",
+    "hi ",
+    "thanks",
+    "meaning of",
 ];
-const MULTI_STEP: &[&str] = &["first", "then", "finally", "after that", "next,", "1.", "2.", "3."];
+const MULTI_STEP: &[&str] = &[
+    "first",
+    "then",
+    "finally",
+    "after that",
+    "next,",
+    "1.",
+    "2.",
+    "3.",
+];
 const MISSING: &[&str] = &[
-    "attached", "this code", "this bug", "this error", "the file", "above", "below", "previous",
-    "the document", "this document", "the image", "the chart", "the figure", "my code",
-    "fix it", "fix this", "make it better", "the following",
+    "attached",
+    "this code",
+    "this bug",
+    "this error",
+    "the file",
+    "above",
+    "below",
+    "previous",
+    "the document",
+    "this document",
+    "the image",
+    "the chart",
+    "the figure",
+    "my code",
+    "fix it",
+    "fix this",
+    "make it better",
+    "the following",
 ];
 
 fn count(text: &str, words: &[&str]) -> usize {
@@ -32,9 +105,19 @@ fn count(text: &str, words: &[&str]) -> usize {
 
 fn has_code(text: &str) -> bool {
     text.contains("```")
-        || ["def ", "fn ", "function ", "class ", "#include", "select ", "=>", "};", "();"]
-            .iter()
-            .any(|w| text.contains(w))
+        || [
+            "def ",
+            "fn ",
+            "function ",
+            "class ",
+            "#include",
+            "select ",
+            "=>",
+            "};",
+            "();",
+        ]
+        .iter()
+        .any(|w| text.contains(w))
 }
 
 /// The baseline's tier for a prompt.

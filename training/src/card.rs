@@ -58,8 +58,14 @@ fn evaluate(c: &Classifier, set: &[Example], temperature: f32) -> Result<(Eval, 
             model: metrics::score(&truth, &pred),
             thresholded: metrics::score(&truth, &thresholded),
             baseline: metrics::score(&truth, &base),
-            nll: (metrics::nll(&logits, &truth, 1.0), metrics::nll(&logits, &truth, temperature)),
-            ece: (metrics::ece(&logits, &truth, 1.0), metrics::ece(&logits, &truth, temperature)),
+            nll: (
+                metrics::nll(&logits, &truth, 1.0),
+                metrics::nll(&logits, &truth, temperature),
+            ),
+            ece: (
+                metrics::ece(&logits, &truth, 1.0),
+                metrics::ece(&logits, &truth, temperature),
+            ),
         },
         pred,
     ))
@@ -78,7 +84,9 @@ const PERTURBATIONS: &[(&str, fn(&str) -> String)] = &[
     ("prefix persona", |t| {
         format!("I want you to act as a helpful expert. {t}")
     }),
-    ("prefix 'Hi! Quick question.'", |t| format!("Hi! Quick question. {t}")),
+    ("prefix 'Hi! Quick question.'", |t| {
+        format!("Hi! Quick question. {t}")
+    }),
 ];
 
 fn flip_rates(c: &Classifier, set: &[Example]) -> Result<Vec<(String, f64, usize)>> {
@@ -100,7 +108,11 @@ fn flip_rates(c: &Classifier, set: &[Example]) -> Result<Vec<(String, f64, usize
             .zip(&pred)
             .filter(|(a, b)| a.top_tier != b.top_tier)
             .count();
-        out.push((name.to_string(), flips as f64 / sample.len() as f64, sample.len()));
+        out.push((
+            name.to_string(),
+            flips as f64 / sample.len() as f64,
+            sample.len(),
+        ));
     }
     Ok(out)
 }
@@ -109,7 +121,9 @@ fn latency(c: &Classifier) -> Result<Vec<(usize, f64, f64)>> {
     let mut out = Vec::new();
     for target in [16usize, 64, 256] {
         // Common words that are one token each.
-        let words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "home"];
+        let words = [
+            "the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "home",
+        ];
         let mut text = String::new();
         let mut n = 0;
         while n + 2 < target {
@@ -153,7 +167,10 @@ pub fn write(input: &CardInput) -> Result<()> {
     let (held, _) = evaluate(&c, input.heldout, t)?;
     let mut per_source: BTreeMap<String, Vec<Example>> = BTreeMap::new();
     for e in input.heldout {
-        per_source.entry(e.source.clone()).or_default().push(e.clone());
+        per_source
+            .entry(e.source.clone())
+            .or_default()
+            .push(e.clone());
     }
     let mut source_evals = Vec::new();
     for (source, set) in &per_source {
@@ -185,7 +202,15 @@ pub fn write(input: &CardInput) -> Result<()> {
         input.config.truncation.context_tokens,
     )?;
     writeln!(s, "## How it was made\n")?;
-    writeln!(s, "```\n{}\n```\n", if input.args.command.is_empty() { "training/run" } else { &input.args.command })?;
+    writeln!(
+        s,
+        "```\n{}\n```\n",
+        if input.args.command.is_empty() {
+            "training/run"
+        } else {
+            &input.args.command
+        }
+    )?;
     writeln!(
         s,
         "{} epochs of AdamW (lr {}, batch {}, dropout {}), class-balanced loss; best epoch by validation \
@@ -210,40 +235,96 @@ pub fn write(input: &CardInput) -> Result<()> {
     let mut counts: BTreeMap<(String, String), [usize; 4]> = BTreeMap::new();
     for r in input.rows {
         let tier: Tier = r.tier.parse().map_err(anyhow::Error::msg)?;
-        let split = if r.split == "heldout" { "heldout" } else { "train/val/test" };
+        let split = if r.split == "heldout" {
+            "heldout"
+        } else {
+            "train/val/test"
+        };
         counts.entry((r.source.clone(), split.into())).or_default()[tier.index()] += 1;
     }
-    writeln!(s, "| source | split | easy | medium | hard | needs_info |\n|---|---|---:|---:|---:|---:|")?;
+    writeln!(
+        s,
+        "| source | split | easy | medium | hard | needs_info |\n|---|---|---:|---:|---:|---:|"
+    )?;
     let mut totals = [0usize; 4];
     for ((source, split), c) in &counts {
-        writeln!(s, "| {source} | {split} | {} | {} | {} | {} |", c[0], c[1], c[2], c[3])?;
+        writeln!(
+            s,
+            "| {source} | {split} | {} | {} | {} | {} |",
+            c[0], c[1], c[2], c[3]
+        )?;
         for i in 0..4 {
             totals[i] += c[i];
         }
     }
-    writeln!(s, "| **all** | | {} | {} | {} | {} |\n", totals[0], totals[1], totals[2], totals[3])?;
+    writeln!(
+        s,
+        "| **all** | | {} | {} | {} | {} |\n",
+        totals[0], totals[1], totals[2], totals[3]
+    )?;
 
     writeln!(s, "## Quality\n")?;
     writeln!(s, "Macro-F1 over the tiers present in each set; `hard→easy` is the share of truly hard prompts labelled easy. \
         The baseline is the rule-based scorer in `training/src/baseline.rs` (length, code, reasoning and technical keywords, \
         as LiteLLM's complexity router scores them).\n")?;
-    writeln!(s, "| set | rows | macro-F1 | accuracy | hard→easy |\n|---|---:|---:|---:|---:|")?;
+    writeln!(
+        s,
+        "| set | rows | macro-F1 | accuracy | hard→easy |\n|---|---:|---:|---:|---:|"
+    )?;
     s.push_str(&metrics_line("(a) random test split: model", &test.model));
-    s.push_str(&metrics_line("(a) random test split: model + threshold", &test.thresholded));
-    s.push_str(&metrics_line("(a) random test split: baseline", &test.baseline));
+    s.push_str(&metrics_line(
+        "(a) random test split: model + threshold",
+        &test.thresholded,
+    ));
+    s.push_str(&metrics_line(
+        "(a) random test split: baseline",
+        &test.baseline,
+    ));
     s.push_str(&metrics_line("(b) held-out sources: model", &held.model));
-    s.push_str(&metrics_line("(b) held-out sources: model + threshold", &held.thresholded));
-    s.push_str(&metrics_line("(b) held-out sources: baseline", &held.baseline));
+    s.push_str(&metrics_line(
+        "(b) held-out sources: model + threshold",
+        &held.thresholded,
+    ));
+    s.push_str(&metrics_line(
+        "(b) held-out sources: baseline",
+        &held.baseline,
+    ));
     for (source, e) in &source_evals {
         s.push_str(&metrics_line(&format!("(b) {source}: model"), &e.model));
-        s.push_str(&metrics_line(&format!("(b) {source}: baseline"), &e.baseline));
+        s.push_str(&metrics_line(
+            &format!("(b) {source}: baseline"),
+            &e.baseline,
+        ));
     }
-    writeln!(s, "\n### (a) Random test split\n\n{}\n{}", metrics::tier_table(&test.model), metrics::confusion_table(&test.model))?;
-    writeln!(s, "### (b) Held-out sources ({})\n\n{}\n{}", per_source.keys().cloned().collect::<Vec<_>>().join(", "), metrics::tier_table(&held.model), metrics::confusion_table(&held.model))?;
-    writeln!(s, "Baseline on the held-out sources:\n\n{}", metrics::confusion_table(&held.baseline))?;
+    writeln!(
+        s,
+        "\n### (a) Random test split\n\n{}\n{}",
+        metrics::tier_table(&test.model),
+        metrics::confusion_table(&test.model)
+    )?;
+    writeln!(
+        s,
+        "### (b) Held-out sources ({})\n\n{}\n{}",
+        per_source.keys().cloned().collect::<Vec<_>>().join(", "),
+        metrics::tier_table(&held.model),
+        metrics::confusion_table(&held.model)
+    )?;
+    writeln!(
+        s,
+        "Baseline on the held-out sources:\n\n{}",
+        metrics::confusion_table(&held.baseline)
+    )?;
     writeln!(s, "### Calibration\n\n| set | NLL (T=1) | NLL (fitted T) | ECE (T=1) | ECE (fitted T) |\n|---|---:|---:|---:|---:|")?;
-    writeln!(s, "| test | {:.3} | {:.3} | {:.3} | {:.3} |", test.nll.0, test.nll.1, test.ece.0, test.ece.1)?;
-    writeln!(s, "| held-out | {:.3} | {:.3} | {:.3} | {:.3} |\n", held.nll.0, held.nll.1, held.ece.0, held.ece.1)?;
+    writeln!(
+        s,
+        "| test | {:.3} | {:.3} | {:.3} | {:.3} |",
+        test.nll.0, test.nll.1, test.ece.0, test.ece.1
+    )?;
+    writeln!(
+        s,
+        "| held-out | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+        held.nll.0, held.nll.1, held.ece.0, held.ece.1
+    )?;
     writeln!(s, "### Style shortcuts\n\nShare of test and held-out prompts whose top tier changes under a surface edit that does not change the work:\n\n| edit | prompts | tier changed |\n|---|---:|---:|")?;
     for (name, rate, n) in &flips {
         writeln!(s, "| {name} | {n} | {:.1}% |", rate * 100.0)?;
@@ -266,7 +347,10 @@ pub fn write(input: &CardInput) -> Result<()> {
         "temperature": t,
         "best_epoch": input.best_epoch,
     });
-    std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&m)? + "\n")?;
+    std::fs::write(
+        out.join("metrics.json"),
+        serde_json::to_string_pretty(&m)? + "\n",
+    )?;
     eprintln!(
         "test macro-F1 {:.3} (baseline {:.3}); held-out macro-F1 {:.3} (baseline {:.3}), hard->easy {:.1}%",
         test.model.macro_f1_present,
@@ -276,7 +360,10 @@ pub fn write(input: &CardInput) -> Result<()> {
         held.model.hard_as_easy * 100.0
     );
     for (source, e) in &source_evals {
-        eprintln!("  held-out {source}: acc {:.3} (baseline {:.3})", e.model.accuracy, e.baseline.accuracy);
+        eprintln!(
+            "  held-out {source}: acc {:.3} (baseline {:.3})",
+            e.model.accuracy, e.baseline.accuracy
+        );
     }
     Ok(())
 }

@@ -39,8 +39,16 @@ pub fn score(truth: &[usize], pred: &[usize]) -> Metrics {
         let support: usize = confusion[i].iter().sum();
         let predicted: usize = (0..4).map(|r| confusion[r][i]).sum();
         let tp = confusion[i][i] as f64;
-        let precision = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
-        let recall = if support > 0 { tp / support as f64 } else { 0.0 };
+        let precision = if predicted > 0 {
+            tp / predicted as f64
+        } else {
+            0.0
+        };
+        let recall = if support > 0 {
+            tp / support as f64
+        } else {
+            0.0
+        };
         let f1 = if precision + recall > 0.0 {
             2.0 * precision * recall / (precision + recall)
         } else {
@@ -58,7 +66,11 @@ pub fn score(truth: &[usize], pred: &[usize]) -> Metrics {
     let hard_total: usize = confusion[2].iter().sum();
     Metrics {
         n,
-        accuracy: if n > 0 { correct as f64 / n as f64 } else { 0.0 },
+        accuracy: if n > 0 {
+            correct as f64 / n as f64
+        } else {
+            0.0
+        },
         macro_f1: per_tier.iter().map(|s| s.f1).sum::<f64>() / 4.0,
         macro_f1_present: present.iter().map(|s| s.f1).sum::<f64>() / present.len().max(1) as f64,
         per_tier,
@@ -126,7 +138,9 @@ pub fn fit_temperature(logits: &[[f32; 4]], truth: &[usize]) -> f32 {
 
 /// Markdown table of a confusion matrix.
 pub fn confusion_table(m: &Metrics) -> String {
-    let mut s = String::from("| true \\ predicted | easy | medium | hard | needs_info |\n|---|---:|---:|---:|---:|\n");
+    let mut s = String::from(
+        "| true \\ predicted | easy | medium | hard | needs_info |\n|---|---:|---:|---:|---:|\n",
+    );
     for (i, tier) in Tier::ALL.iter().enumerate() {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
@@ -138,7 +152,8 @@ pub fn confusion_table(m: &Metrics) -> String {
 
 /// Markdown table of per-tier scores.
 pub fn tier_table(m: &Metrics) -> String {
-    let mut s = String::from("| tier | support | precision | recall | F1 |\n|---|---:|---:|---:|---:|\n");
+    let mut s =
+        String::from("| tier | support | precision | recall | F1 |\n|---|---:|---:|---:|---:|\n");
     for t in &m.per_tier {
         s.push_str(&format!(
             "| {} | {} | {:.3} | {:.3} | {:.3} |\n",

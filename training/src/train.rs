@@ -49,6 +49,9 @@ pub struct TrainArgs {
     pub threshold: f32,
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
+    /// Train on at most this many rows (for quick experiments).
+    #[arg(long)]
+    pub max_train: Option<usize>,
     /// Train the word embeddings too instead of keeping MiniLM's projected table.
     #[arg(long)]
     pub train_word_embeddings: bool,
@@ -82,7 +85,11 @@ fn gram_schmidt(q: &mut [f32], d: usize, k: usize) {
                 q[i * k + j] -= dot * q[i * k + p];
             }
         }
-        let norm: f32 = (0..d).map(|i| q[i * k + j].powi(2)).sum::<f32>().sqrt().max(1e-12);
+        let norm: f32 = (0..d)
+            .map(|i| q[i * k + j].powi(2))
+            .sum::<f32>()
+            .sqrt()
+            .max(1e-12);
         for i in 0..d {
             q[i * k + j] /= norm;
         }
@@ -175,10 +182,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut rng = Rng::new(args.seed);
     let rows = read_rows(&args.data)?;
     let truncation = TruncationConfig::default();
-    let tokenizer = PromptTokenizer::from_file(&args.base.join("tokenizer.json"), truncation.clone())?;
+    let tokenizer =
+        PromptTokenizer::from_file(&args.base.join("tokenizer.json"), truncation.clone())?;
     let split = |name: &str| rows.iter().filter(|r| r.split == name).collect::<Vec<_>>();
     let t0 = Instant::now();
-    let train = encode_rows(&split("train"), &tokenizer)?;
+    let mut train_rows = split("train");
+    if let Some(n) = args.max_train {
+        train_rows.truncate(n);
+    }
+    let train = encode_rows(&train_rows, &tokenizer)?;
     let val = encode_rows(&split("val"), &tokenizer)?;
     let test = encode_rows(&split("test"), &tokenizer)?;
     let heldout = encode_rows(&split("heldout"), &tokenizer)?;
@@ -204,8 +216,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let cfg = encoder_config(args.hidden, args.layers);
     let mut varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let model = TierModel::load(vb, &cfg)?;
+    let mut model = TierModel::load(vb, &cfg)?;
     init_embeddings(&mut varmap, &args.base, args.hidden, &mut rng)?;
+    if !args.train_word_embeddings {
+        model.freeze_word_embeddings();
+    }
     let vars: Vec<_> = {
         let data = varmap.data().lock().expect("varmap lock");
         data.iter()
@@ -251,11 +266,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .collect();
             let labels = Tensor::new(labels.as_slice(), &device)?;
             let weights = Tensor::new(weights.as_slice(), &device)?;
-            let logits = model.forward(&batch, Mode::Train { dropout: args.dropout })?;
+            let logits = model.forward(
+                &batch,
+                Mode::Train {
+                    dropout: args.dropout,
+                },
+            )?;
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?
                 .gather(&labels.unsqueeze(1)?, 1)?
                 .squeeze(1)?;
-            let loss = (logp.mul(&weights)?.sum_all()?.neg()? / weights.sum_all()?.to_scalar::<f32>()? as f64)?;
+            let loss = (logp.mul(&weights)?.sum_all()?.neg()?
+                / weights.sum_all()?.to_scalar::<f32>()? as f64)?;
             opt.backward_step(&loss)?;
             epoch_loss += loss.to_scalar::<f32>()? as f64;
             step += 1;
@@ -305,7 +326,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         threshold: args.threshold,
         labels: Tier::ALL.iter().map(|t| t.to_string()).collect(),
     };
-    crate::modeldir::save(&args.out, &varmap, &config, &args.base.join("tokenizer.json"))?;
+    crate::modeldir::save(
+        &args.out,
+        &varmap,
+        &config,
+        &args.base.join("tokenizer.json"),
+    )?;
     card::write(&card::CardInput {
         args: &args,
         rows: &rows,
