@@ -155,10 +155,11 @@ fn decode_png(bytes: &[u8]) -> Image {
 #[test]
 fn report_renders_in_headless_chromium() {
     let model = root().join("models/triage-v1");
-    if !model.join("model.safetensors").is_file() {
-        eprintln!("skipped: no model at {}", model.display());
-        return;
-    }
+    assert!(
+        model.join("model.safetensors").is_file(),
+        "no model at {}",
+        model.display()
+    );
     let Some(chromium) = chromium() else {
         eprintln!("skipped: chromium is not installed (apt-get install -y chromium)");
         return;

@@ -362,8 +362,60 @@ class Builder:
             print(f"{step.__name__:>14}: {len(self.rows) - before} rows", file=sys.stderr)
         self.dedupe()
         self.cap()
+        self.augment()
         self.split()
         return self.rows
+
+    # A request whose material (text, code, list, passage) follows the instruction line.
+    REFERS = re.compile(r"\b(following|below|this|these|given|attached|here|above)\b", re.I)
+    # Openers that carry no work; added to some rows of every tier so that they mark none.
+    # (The evaluation's style check uses different ones.)
+    OPENERS = ("Hello! I need some help.", "Hey, could you help me with something?",
+               "Good morning.", "Hi there, thanks in advance!", "Quick one:", "Hola, una pregunta:",
+               "Please help me out here.", "I'm stuck on this.")
+    PERSONAS = ("Act as an experienced consultant.", "You are a helpful assistant.",
+                "Pretend you are my tutor.", "As an expert,")
+
+    def augment(self):
+        """Variants that teach the work rather than the wording.
+
+        - needs_info twins: an instruction line that refers to material after it ("Sort the
+          following words", "why does this crash?" + code), with that material removed.
+        - openers and personas on a few rows of every tier, so politeness and role-play
+          framing are not mistaken for a tier.
+        """
+        extra = []
+        for r in self.rows:
+            if r["source"] in HELDOUT or r["context"]:
+                continue
+            text = r["text"]
+            head, sep, rest = text.partition("\n")
+            if (sep and r["tier"] != "needs_info" and len(head) <= 300 and len(rest.strip()) >= 40
+                    and self.REFERS.search(head) and self.rng.random() < 0.5):
+                extra.append(dict(r, text=head.strip().rstrip(":") + (":" if head.rstrip().endswith(":") else ""),
+                                  tier="needs_info", source=r["source"] + "+stripped",
+                                  key=r["key"] + "+stripped", weight=1.0))
+            roll = self.rng.random()
+            if roll < 0.06:
+                extra.append(dict(r, text=self.rng.choice(self.OPENERS) + " " + text,
+                                  source=r["source"] + "+opener", key=r["key"] + "+opener"))
+            elif roll < 0.09:
+                extra.append(dict(r, text=self.rng.choice(self.PERSONAS) + " " + text,
+                                  source=r["source"] + "+persona", key=r["key"] + "+persona"))
+        # One variant per distinct text (many MMLU stems share their first line), and a cap per
+        # source so no source's phrasing dominates the twins.
+        seen = {norm_key(r["text"]) for r in self.rows}
+        per_source = collections.Counter()
+        kept = []
+        for r in extra:
+            k = norm_key(r["text"])
+            if k in seen or per_source[r["source"]] >= 150:
+                continue
+            seen.add(k)
+            per_source[r["source"]] += 1
+            kept.append(r)
+        print(f"augment: {len(kept)} variants", file=sys.stderr)
+        self.rows.extend(kept)
 
     def dedupe(self):
         """One row per normalised (text, context); a text seen with two tiers keeps neither."""

@@ -117,7 +117,7 @@ fn flip_rates(c: &Classifier, set: &[Example]) -> Result<Vec<(String, f64, usize
     Ok(out)
 }
 
-fn latency(c: &Classifier) -> Result<Vec<(usize, f64, f64)>> {
+fn latency(c: &Classifier) -> Result<Vec<(usize, usize, f64, f64)>> {
     let mut out = Vec::new();
     for target in [16usize, 64, 256] {
         // Common words that are one token each.
@@ -144,7 +144,7 @@ fn latency(c: &Classifier) -> Result<Vec<(usize, f64, f64)>> {
             })
             .collect();
         times.sort_by(f64::total_cmp);
-        out.push((tokens, times[50], times[95]));
+        out.push((target, tokens, times[50], times[95]));
     }
     Ok(out)
 }
@@ -329,9 +329,9 @@ pub fn write(input: &CardInput) -> Result<()> {
     for (name, rate, n) in &flips {
         writeln!(s, "| {name} | {n} | {:.1}% |", rate * 100.0)?;
     }
-    writeln!(s, "\n## Speed\n\nSingle prompt, tokenising included, CPU, measured by the training run right after saving (`triage bench` measures more):\n\n| tokens | p50 ms | p95 ms |\n|---:|---:|---:|")?;
-    for (tokens, p50, p95) in &speed {
-        writeln!(s, "| {tokens} | {p50:.2} | {p95:.2} |")?;
+    writeln!(s, "\n## Speed\n\nSingle prompt, tokenising included, CPU, measured by the training run right after saving (`triage bench` measures more):\n\n| prompt tokens | tokens read | p50 ms | p95 ms |\n|---:|---:|---:|---:|")?;
+    for (target, tokens, p50, p95) in &speed {
+        writeln!(s, "| {target} | {tokens} | {p50:.2} | {p95:.2} |")?;
     }
     writeln!(s, "\n## Licence and sources\n\nThe embeddings derive from all-MiniLM-L6-v2 (Apache-2.0). The training data is read at training \
         time from public datasets listed in the data table (licences in the shared data's SOURCES.md; NQ-open and UMWP are share-alike) \
@@ -343,7 +343,7 @@ pub fn write(input: &CardInput) -> Result<()> {
         "heldout": {"model": held.model, "thresholded": held.thresholded, "baseline": held.baseline, "nll": held.nll, "ece": held.ece},
         "heldout_sources": source_evals.iter().map(|(k, e)| (k.clone(), json!({"model": e.model, "baseline": e.baseline}))).collect::<BTreeMap<_, _>>(),
         "style_flip_rates": flips.iter().map(|(n, r, _)| (n.clone(), *r)).collect::<BTreeMap<_, _>>(),
-        "latency_ms": speed.iter().map(|(t, p50, p95)| json!({"tokens": t, "p50": p50, "p95": p95})).collect::<Vec<_>>(),
+        "latency_ms": speed.iter().map(|(target, t, p50, p95)| json!({"prompt_tokens": target, "tokens_read": t, "p50": p50, "p95": p95})).collect::<Vec<_>>(),
         "temperature": t,
         "best_epoch": input.best_epoch,
     });

@@ -49,6 +49,9 @@ pub struct TrainArgs {
     pub threshold: f32,
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
+    /// Print the running loss every this many steps.
+    #[arg(long, default_value_t = 100)]
+    pub log_every: usize,
     /// Train on at most this many rows (for quick experiments).
     #[arg(long)]
     pub max_train: Option<usize>,
@@ -115,13 +118,15 @@ fn init_embeddings(varmap: &mut VarMap, base: &Path, hidden: usize, rng: &mut Rn
         Ok((p / std.max(1e-6))?)
     };
     varmap.set_one("embeddings.word", project(word)?)?;
+    // Positions and segments start small beside the words: projected through the words' basis
+    // they carry little meaning, and at full scale they would drown the word signal.
     varmap.set_one(
         "embeddings.position",
-        project(get("embeddings.position_embeddings.weight")?)?,
+        (project(get("embeddings.position_embeddings.weight")?)? * 0.1)?,
     )?;
     varmap.set_one(
         "embeddings.token_type",
-        project(get("embeddings.token_type_embeddings.weight")?)?,
+        (project(get("embeddings.token_type_embeddings.weight")?)? * 0.1)?,
     )?;
     Ok(())
 }
@@ -280,7 +285,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             opt.backward_step(&loss)?;
             epoch_loss += loss.to_scalar::<f32>()? as f64;
             step += 1;
-            if step % 100 == 0 {
+            if step % args.log_every == 0 {
                 eprintln!(
                     "  step {step}/{total_steps} loss {:.4} ({:.0} ms/step)",
                     epoch_loss / (step - epoch * steps_per_epoch) as f64,
