@@ -73,7 +73,9 @@ fn evaluate(c: &Classifier, set: &[Example], temperature: f32) -> Result<(Eval, 
 
 /// Surface changes that must not change the tier: if the model flips on them, it learned a
 /// dataset's style rather than the work asked for.
-const PERTURBATIONS: &[(&str, fn(&str) -> String)] = &[
+type Perturbation = (&'static str, fn(&str) -> String);
+
+const PERTURBATIONS: &[Perturbation] = &[
     ("toggle trailing '?'", |t| {
         t.strip_suffix('?')
             .map(str::to_string)

@@ -36,7 +36,7 @@ pub struct TrainArgs {
     pub hidden: usize,
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 6)]
     pub epochs: usize,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
