@@ -330,3 +330,98 @@ impl TierModel {
             .to_dtype(DType::F32)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    fn small_config() -> EncoderConfig {
+        EncoderConfig {
+            vocab_size: 97,
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 4,
+            intermediate_size: 64,
+            max_position_embeddings: 40,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            num_labels: 4,
+        }
+    }
+
+    /// A model whose every weight (LayerNorm gains and biases included) is random, so that no
+    /// part of the forward pass is an identity the test could not see through.
+    fn random_model(cfg: &EncoderConfig) -> TierModel {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = TierModel::load(vb, cfg).unwrap();
+        for var in varmap.all_vars() {
+            let noise = Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).unwrap();
+            var.set(&noise).unwrap();
+        }
+        model
+    }
+
+    fn row(len: usize, seed: u32) -> (Vec<u32>, Vec<u32>) {
+        let ids = (0..len as u32).map(|i| (i * 31 + seed * 7) % 97).collect();
+        let types = (0..len)
+            .map(|i| u32::from(i >= len / 2 && seed % 2 == 1))
+            .collect();
+        (ids, types)
+    }
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn infer_logits_equal_train_logits_without_dropout() {
+        let cfg = small_config();
+        let model = random_model(&cfg);
+        let train = Mode::Train { dropout: 0.0 };
+        let rows = [row(40, 1), row(7, 2), row(23, 3), row(1, 4), row(40, 5)];
+        let borrowed: Vec<(&[u32], &[u32])> = rows
+            .iter()
+            .map(|(ids, types)| (ids.as_slice(), types.as_slice()))
+            .collect();
+        // One row at a time (no mask), then all together (padded, masked).
+        let mut batches: Vec<TokenBatch> = borrowed
+            .iter()
+            .map(|r| TokenBatch::new(std::slice::from_ref(r), &Device::Cpu).unwrap())
+            .collect();
+        batches.push(TokenBatch::new(&borrowed, &Device::Cpu).unwrap());
+        batches.push(TokenBatch::new(&[borrowed[0], borrowed[4]], &Device::Cpu).unwrap());
+        for batch in &batches {
+            let infer = model.forward(batch, Mode::Infer).unwrap();
+            let reference = model.forward(batch, train).unwrap();
+            assert_eq!(infer.dims(), reference.dims());
+            let scale: f32 = reference
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(scale > 1e-2, "logits too small to compare: {scale}");
+            let diff = max_difference(&infer, &reference);
+            assert!(
+                diff <= 1e-4,
+                "infer and train logits differ by {diff} on a batch of {:?}",
+                batch.ids.dims()
+            );
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Subcommands of the `triage` binary, one file each.
 
 mod batch;
+mod bench;
 mod classify;
 mod serve;
 
@@ -24,6 +25,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Classify request logs offline and report what routing would have saved.
     Batch(batch::BatchArgs),
+    /// Measure the classifier's load time, latency, throughput and memory on this machine.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the chosen subcommand and returns the process exit code.
@@ -32,5 +35,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Batch(args) => batch::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
