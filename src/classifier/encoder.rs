@@ -40,6 +40,73 @@ impl Mode {
     }
 }
 
+/// GELU (tanh form, as candle's `gelu`). Serving on the CPU in f32 uses [`FastGelu`]: candle's
+/// kernel calls libm's `tanhf` per element, which took over a third of a forward pass.
+fn gelu(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Infer if x.device().is_cpu() && x.dtype() == DType::F32 => {
+            x.contiguous()?.apply_op1_no_bwd(&FastGelu)
+        }
+        _ => x.gelu(),
+    }
+}
+
+/// `gelu(x) = 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u))`, `u = sqrt(2/pi) (x + 0.044715 x^3)`,
+/// with an exp the compiler vectorises: no libm call, no branch. Agrees with candle's `gelu`
+/// to about 1e-6 relative (see the tests).
+struct FastGelu;
+
+impl candle_core::CustomOp1 for FastGelu {
+    fn name(&self) -> &'static str {
+        "fast-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(data), Some((start, end))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("fast-gelu takes a contiguous f32 tensor")
+        };
+        let input = &data[start..end];
+        let mut out = vec![0f32; input.len()];
+        for (o, &x) in out.iter_mut().zip(input) {
+            *o = fast_gelu(x);
+        }
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+#[inline(always)]
+fn fast_gelu(x: f32) -> f32 {
+    const TWO_SQRT_TWO_OVER_PI: f32 = 2.0 * 0.797_884_6;
+    let two_u = TWO_SQRT_TWO_OVER_PI * x * (1.0 + 0.044_715 * x * x);
+    x / (1.0 + fast_exp(-two_u))
+}
+
+/// `exp(x)` to about 2 ulp for x in [-87, 88] (Cephes' `expf` polynomial), clamped outside;
+/// rounding by the 1.5 * 2^23 trick and the power of two built from bits, so it vectorises.
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    // The integer n sits in the low mantissa bits of `shifted`; 2^n has exponent n + 127.
+    let n_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    y * scale
+}
+
 /// A dense layer applied to the last dimension, as one matrix product over all rows.
 #[derive(Debug, Clone)]
 struct Dense {
@@ -183,7 +250,7 @@ impl EncoderLayer {
         let attended = mode.dropout(&self.attention.forward(&normed, mask, mode)?)?;
         let x = (x + attended)?;
         let normed = self.ffn_norm.forward(&x, mode)?;
-        let inner = self.ffn_in.forward(&normed)?.gelu()?;
+        let inner = gelu(&self.ffn_in.forward(&normed)?, mode)?;
         let out = mode.dropout(&self.ffn_out.forward(&inner)?)?;
         x + out
     }
@@ -320,7 +387,7 @@ impl TierModel {
 
     /// Class logits from pooled vectors, `[batch, num_labels]`.
     pub fn head(&self, pooled: &Tensor, mode: Mode) -> Result<Tensor> {
-        let h = self.head_dense.forward(&mode.dropout(pooled)?)?.gelu()?;
+        let h = gelu(&self.head_dense.forward(&mode.dropout(pooled)?)?, mode)?;
         self.head_out.forward(&mode.dropout(&h)?)
     }
 
@@ -383,6 +450,35 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    #[test]
+    fn fast_gelu_matches_candles_gelu() {
+        let xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.005).collect();
+        let mut wide = xs.clone();
+        wide.extend([-1e4, -100.0, -20.0, 20.0, 100.0, 1e4, 0.0, -0.0]);
+        let t = Tensor::new(wide.as_slice(), &Device::Cpu).unwrap();
+        let fast: Vec<f32> = gelu(&t, Mode::Infer).unwrap().to_vec1().unwrap();
+        let stock: Vec<f32> = t.gelu().unwrap().to_vec1().unwrap();
+        for ((x, f), s) in wide.iter().zip(&fast).zip(&stock) {
+            assert!(f.is_finite(), "gelu({x}) = {f}");
+            assert!(
+                (f - s).abs() <= 1e-6 + 1e-5 * s.abs(),
+                "gelu({x}): fast {f}, candle {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn fast_exp_is_accurate_over_the_range_gelu_uses() {
+        for i in -870..=880 {
+            let x = i as f32 * 0.1;
+            let (fast, exact) = (fast_exp(x), x.exp());
+            assert!(
+                ((fast - exact) / exact).abs() < 1e-6,
+                "exp({x}): fast {fast}, libm {exact}"
+            );
+        }
     }
 
     #[test]
