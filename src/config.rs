@@ -53,6 +53,7 @@ pub const ENV_VARS: &[&str] = &[
     "TRIAGE_BATCH_WAIT_MS",
     "TRIAGE_INFERENCE_THREADS",
     "TRIAGE_DEFAULT_FAMILY",
+    "TRIAGE_REQUEST_LOG",
 ];
 
 /// `TRIAGE_*` variables that belong to other tools of this repository (training, tests);
@@ -173,6 +174,9 @@ pub struct ServerConfig {
     pub retry_after_secs: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_grace_secs: u64,
+    /// Append one `triage-log` JSON line per answered chat-completions and select-model
+    /// request to this file (`triage batch --format triage-log` reads it). Default: off.
+    pub request_log: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -189,6 +193,7 @@ impl Default for ServerConfig {
             inference_threads: 1,
             retry_after_secs: 1,
             shutdown_grace_secs: 30,
+            request_log: None,
         }
     }
 }
@@ -472,6 +477,12 @@ impl Config {
                 "TRIAGE_DEFAULT_FAMILY" => {
                     self.policy.default_family = Some(value.trim().to_string())
                 }
+                // Empty turns the log off (overriding the file).
+                "TRIAGE_REQUEST_LOG" => {
+                    s.request_log = Some(value.trim())
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from)
+                }
                 _ => return Err(ConfigError::UnknownEnv { name }),
             }
         }
@@ -499,6 +510,15 @@ impl Config {
             return Err(invalid(
                 "server.classify_timeout_ms",
                 "must be at least 1".into(),
+            ));
+        }
+        if s.request_log
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "server.request_log",
+                "must be a file path (leave the key out to turn the log off)".into(),
             ));
         }
         if let Some(t) = self.classifier.needs_info_threshold {
@@ -676,6 +696,7 @@ mod tests {
 [server]
 listen = "127.0.0.1:9000"
 api_keys = ["env:TRIAGE_TEST_KEY"]
+request_log = "logs/requests.jsonl"
 
 [classifier]
 model_dir = "models/triage-v1"
@@ -709,6 +730,10 @@ provider = "openai"
         let c = Config::from_toml(text, "t.toml").unwrap();
         c.validate().unwrap();
         assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(
+            c.server.request_log.as_deref(),
+            Some(Path::new("logs/requests.jsonl"))
+        );
         assert_eq!(
             c.server.api_keys,
             vec![Secret::Env("TRIAGE_TEST_KEY".into())]
@@ -773,6 +798,15 @@ provider = "openai"
             ]
         );
         assert_eq!(c.server.deadline(), None);
+        assert_eq!(c.server.request_log, None);
+        c.apply_env(env(&[("TRIAGE_REQUEST_LOG", "/var/log/triage.jsonl")]))
+            .unwrap();
+        assert_eq!(
+            c.server.request_log.as_deref(),
+            Some(Path::new("/var/log/triage.jsonl"))
+        );
+        c.apply_env(env(&[("TRIAGE_REQUEST_LOG", "")])).unwrap();
+        assert_eq!(c.server.request_log, None);
         let err = c
             .apply_env(env(&[("TRIAGE_LISTN", "x")]))
             .unwrap_err()

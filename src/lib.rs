@@ -10,4 +10,5 @@ pub mod config;
 pub mod gateway;
 pub mod policy;
 pub mod pricing;
+pub mod request_log;
 pub mod server;

@@ -101,6 +101,7 @@ async fn serve_gateway(gw: Arc<Gateway>) -> String {
     serve(ChatState {
         gateway: gw,
         chooser: None,
+        request_log: None,
     })
     .await
 }
@@ -578,6 +579,57 @@ async fn a_stream_cut_after_the_first_token_ends_with_an_error_event() {
 }
 
 #[tokio::test]
+async fn an_event_without_end_mid_stream_ends_with_an_error_event() {
+    for (format, kind) in KINDS {
+        let a = MockProvider::start(format).await;
+        a.set_default(Behavior::OverlongEvent { after_start: true });
+        let gw = gateway(&[spec("a", "pa", kind, &a, &[])], fast_settings());
+        let base = serve_gateway(gw).await;
+        let r = post(&base, streamed("a")).await;
+        assert_eq!(r.status, 200, "{format:?}");
+        assert!(r.text.contains("partial"), "{format:?}: {}", r.text);
+        let events = r.events();
+        let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+        assert_eq!(last["error"]["code"], "stream_interrupted", "{format:?}");
+        // The size cap ended it, not the idle timeout.
+        let message = last["error"]["message"].as_str().unwrap();
+        assert!(message.contains("exceeded 1048576 bytes"), "{message}");
+        assert!(!r.text.contains("[DONE]"), "{format:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_event_without_end_before_the_first_token_fails_over() {
+    let a = MockProvider::start(Format::OpenAi).await;
+    let b = MockProvider::start(Format::Anthropic).await;
+    a.set_default(Behavior::OverlongEvent { after_start: false });
+    let gw = gateway(
+        &[
+            spec("a", "pa", ProviderKind::OpenAi, &a, &["b"]),
+            spec("b", "pb", ProviderKind::Anthropic, &b, &[]),
+        ],
+        fast_settings(),
+    );
+    let base = serve_gateway(gw.clone()).await;
+    let r = post(&base, streamed("a")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-triage-provider"), "pb");
+    assert!(r.text.ends_with("data: [DONE]\n\n"));
+    // With nowhere to fall over to, the client gets the provider error that says why.
+    let lone = gateway(
+        &[spec("a", "pa", ProviderKind::OpenAi, &a, &[])],
+        fast_settings(),
+    );
+    let r = post(&serve_gateway(lone).await, streamed("a")).await;
+    assert_eq!(r.status, 502, "{}", r.text);
+    let failure = &r.json()["error"]["failures"][0]["error"];
+    assert!(
+        failure.as_str().unwrap().contains("exceeded 1048576 bytes"),
+        "{failure}"
+    );
+}
+
+#[tokio::test]
 async fn a_stream_broken_before_the_first_token_fails_over() {
     let a = MockProvider::start(Format::OpenAi).await;
     let b = MockProvider::start(Format::Anthropic).await;
@@ -725,6 +777,7 @@ async fn auto_routing_sends_each_tier_to_its_model() {
     let base = serve(ChatState {
         gateway: gw,
         chooser: Some(Arc::new(MarkerChooser)),
+        request_log: None,
     })
     .await;
     for (model, prompt, tier, served_by) in [
@@ -955,6 +1008,7 @@ async fn auto_choosing_a_model_no_provider_serves_is_a_503_naming_it() {
     let base = serve(ChatState {
         gateway: gw,
         chooser: Some(Arc::new(UnservedChooser)),
+        request_log: None,
     })
     .await;
     let r = post(&base, hello("auto")).await;

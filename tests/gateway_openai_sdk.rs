@@ -80,6 +80,7 @@ async fn the_openai_python_sdk_gets_well_formed_answers() {
     let state = ChatState {
         gateway: std::sync::Arc::new(gateway),
         chooser: None,
+        request_log: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

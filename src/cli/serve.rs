@@ -136,12 +136,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let chat_routes = triage::gateway::serve::api_routes(&state)
         .context("building the gateway from the configuration")?;
     let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
-    let router = server::app_with(state, chat_routes);
+    let router = server::app_with(state.clone(), chat_routes);
     runtime.block_on(async move {
         let listener = server::bind(listen).await?;
         let local = listener.local_addr().unwrap_or(listen);
-        tracing::info!(address = %local, auth, "listening");
-        server::serve_router(listener, router, grace, server::shutdown_signal()).await
+        tracing::info!(address = %local, auth, request_log = ?state.config.server.request_log,
+                       "listening");
+        let result = server::serve_router(listener, router, grace, server::shutdown_signal()).await;
+        state.finish().await;
+        result
     })?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -19,6 +19,7 @@ use super::providers::ProviderError;
 use super::sse::data_event;
 use super::types::{ChatChunk, ChatRequest, Message, Role, Usage};
 use super::{Gateway, GatewayError, Served, Target};
+use crate::request_log::{self, LogEntry, LoggedPrompt, RequestLog};
 
 /// The largest chat request body accepted (base64 images included).
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -51,6 +52,8 @@ pub struct ChatState {
     pub gateway: Arc<Gateway>,
     /// `None` disables `auto` routing.
     pub chooser: Option<Arc<dyn TierChooser>>,
+    /// Where answered requests are logged; `None` when off.
+    pub request_log: Option<RequestLog>,
 }
 
 /// The chat-completions route, ready to merge into the app (whatever its state type).
@@ -275,9 +278,70 @@ async fn handle(state: &ChatState, body: &[u8]) -> Result<Response, ChatError> {
                 let headers = triage_headers(&tier, &served, started, cost);
                 let mut resp = axum::Json(&served.value).into_response();
                 set_headers(&mut resp, &headers);
+                if let Some(log) = &state.request_log {
+                    let mut entry = log_entry(req, &tier, &served, started);
+                    entry.usage = served.value.usage;
+                    entry.cost_usd = cost;
+                    log.record(entry);
+                }
                 Ok(resp)
             }
             Err(e) => Err(failed(&e, &tier, &chain, started)),
+        }
+    }
+}
+
+/// The request log's line for a served request; usage, cost and outcome are filled in when
+/// known. Takes the request to move its messages rather than copy them.
+fn log_entry<T>(req: ChatRequest, tier: &str, served: &Served<T>, started: Instant) -> LogEntry {
+    LogEntry {
+        ts: std::time::SystemTime::now(),
+        request_id: request_log::request_id(),
+        endpoint: "chat.completions",
+        tier: (tier != "none").then(|| tier.to_string()),
+        requested_model: Some(req.model),
+        model: served.target.model.clone(),
+        upstream_model: Some(served.target.upstream.clone()),
+        provider: Some(served.target.provider.clone()),
+        prompt: LoggedPrompt::Chat(req.messages),
+        usage: None,
+        stream: req.stream.unwrap_or(false),
+        outcome: "ok",
+        attempts: Some(served.attempts),
+        cost_usd: None,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+/// A stream's log line, written when the stream ends, breaks, or is dropped because the client
+/// went away (then its outcome says so).
+struct StreamLog {
+    log: RequestLog,
+    entry: Option<LogEntry>,
+    target: Target,
+    started: Instant,
+}
+
+impl StreamLog {
+    fn see(&mut self, chunk: &ChatChunk) {
+        if let (Some(entry), Some(usage)) = (self.entry.as_mut(), &chunk.usage) {
+            entry.usage = Some(*usage);
+        }
+    }
+
+    fn end(&mut self, outcome: &'static str) {
+        if let Some(entry) = self.entry.as_mut() {
+            entry.outcome = outcome;
+        }
+    }
+}
+
+impl Drop for StreamLog {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.entry.take() {
+            entry.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            entry.cost_usd = entry.usage.as_ref().and_then(|u| cost_usd(&self.target, u));
+            self.log.record(entry);
         }
     }
 }
@@ -417,9 +481,22 @@ async fn stream_response(
     // Cost is known only at the end of a stream: it rides on the usage chunk instead.
     let headers = triage_headers(tier, &served, started, None);
     let include_usage = req.include_usage();
+    let mut log = state.request_log.clone().map(|log| StreamLog {
+        log,
+        // The outcome until the stream says otherwise: dropped before its end.
+        entry: Some(LogEntry {
+            outcome: "client_disconnected",
+            ..log_entry(req, tier, &served, started)
+        }),
+        target: served.target.clone(),
+        started,
+    });
     let target = served.target.clone();
     let head = served.value.head;
     let rest = served.value.rest;
+    if let Some(log) = log.as_mut() {
+        head.iter().for_each(|c| log.see(c));
+    }
     let t2 = target.clone();
     let head_events = stream::iter(
         head.into_iter()
@@ -427,8 +504,8 @@ async fn stream_response(
             .collect::<Vec<_>>(),
     );
     let rest_events = stream::unfold(
-        (rest, target, false),
-        move |(mut rest, target, stop)| async move {
+        (rest, target, log, false),
+        move |(mut rest, target, mut log, stop)| async move {
             if stop {
                 return None;
             }
@@ -436,15 +513,27 @@ async fn stream_response(
             loop {
                 match rest.next().await {
                     Some(Ok(c)) => {
+                        if let Some(log) = log.as_mut() {
+                            log.see(&c);
+                        }
                         if let Some(ev) = client_chunk(c, include_usage, &target) {
-                            return Some((ev, (rest, target, false)));
+                            return Some((ev, (rest, target, log, false)));
                         }
                     }
                     Some(Err(e)) => {
+                        if let Some(log) = log.as_mut() {
+                            log.end("stream_error");
+                        }
                         let ev = stream_error_event(&e, &target);
-                        return Some((ev, (rest, target, true)));
+                        return Some((ev, (rest, target, log, true)));
                     }
-                    None => return Some(("data: [DONE]\n\n".to_string(), (rest, target, true))),
+                    None => {
+                        if let Some(log) = log.as_mut() {
+                            log.end("ok");
+                        }
+                        let done = "data: [DONE]\n\n".to_string();
+                        return Some((done, (rest, target, log, true)));
+                    }
                 }
             }
         },

@@ -21,6 +21,7 @@ pub fn chat_state(app: &AppState) -> Result<ChatState, GatewayError> {
     Ok(ChatState {
         gateway: Arc::new(gateway),
         chooser: Some(Arc::new(chooser)),
+        request_log: app.request_log.clone(),
     })
 }
 

@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::classifier::worker::BatchReport;
 use crate::classifier::Tier;
+use crate::request_log::RequestLogCounters;
 
 /// A cumulative histogram with fixed upper bounds.
 #[derive(Debug)]
@@ -103,6 +104,8 @@ pub struct Metrics {
     fail_open: Mutex<BTreeMap<FailOpenReason, u64>>,
     queue_rejections: AtomicU64,
     models: Mutex<BTreeMap<String, u64>>,
+    /// The request log's written, dropped and failed lines (zero when it is off).
+    pub request_log: Arc<RequestLogCounters>,
 }
 
 impl Default for Metrics {
@@ -117,6 +120,7 @@ impl Default for Metrics {
             fail_open: Mutex::default(),
             queue_rejections: AtomicU64::new(0),
             models: Mutex::default(),
+            request_log: Arc::default(),
         }
     }
 }
@@ -279,6 +283,26 @@ impl Metrics {
                 "triage_model_selected_total{{model=\"{}\"}} {n}",
                 escape(model)
             );
+        }
+        for (name, help, value) in [
+            (
+                "triage_request_log_written_total",
+                "Lines written to the request log.",
+                self.request_log.written(),
+            ),
+            (
+                "triage_request_log_dropped_total",
+                "Request log entries dropped because the writer's queue was full.",
+                self.request_log.dropped(),
+            ),
+            (
+                "triage_request_log_errors_total",
+                "Request log lines lost to write errors.",
+                self.request_log.failed(),
+            ),
+        ] {
+            header(&mut out, name, help, "counter");
+            let _ = writeln!(out, "{name} {value}");
         }
         out
     }

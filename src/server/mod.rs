@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use crate::classifier::worker::{BatchClassifier, ClassifierWorker, WorkerConfig};
 use crate::config::{Config, ConfigError};
 use crate::policy::TierPolicy;
+use crate::request_log::{RequestLog, RequestLogError};
 
 pub use error::AppError;
 pub use metrics::Metrics;
@@ -42,6 +43,8 @@ pub enum ServerError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    RequestLog(#[from] RequestLogError),
 }
 
 /// What every handler shares. Cheap to clone.
@@ -55,6 +58,8 @@ pub struct AppState {
     api_keys: Arc<[String]>,
     /// The classifier's name, for `/health` and `/v1/models`.
     pub classifier_name: Arc<str>,
+    /// Where answered requests are logged (`server.request_log`); `None` when off.
+    pub request_log: Option<RequestLog>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -63,12 +68,14 @@ impl std::fmt::Debug for AppState {
             .field("classifier", &self.classifier_name)
             .field("worker", &self.worker)
             .field("auth", &!self.api_keys.is_empty())
+            .field("request_log", &self.request_log)
             .finish()
     }
 }
 
 impl AppState {
-    /// Checks `config`, resolves its secrets from the environment and starts the worker.
+    /// Checks `config`, resolves its secrets from the environment, opens the request log (when
+    /// configured) and starts the worker.
     pub fn new(
         config: Config,
         classifier: Arc<dyn BatchClassifier>,
@@ -78,6 +85,10 @@ impl AppState {
         let api_keys = config.resolve_api_keys()?;
         let policy = config.tier_policy()?;
         let metrics = Arc::new(Metrics::default());
+        let request_log = match &config.server.request_log {
+            Some(path) => Some(RequestLog::open(path, Arc::clone(&metrics.request_log))?),
+            None => None,
+        };
         let observer = {
             let metrics = Arc::clone(&metrics);
             Arc::new(move |report| metrics.record_batch(report))
@@ -101,7 +112,22 @@ impl AppState {
             metrics,
             api_keys: api_keys.into(),
             classifier_name: classifier_name.into(),
+            request_log,
         })
+    }
+
+    /// Writes out and flushes the request log (waiting at most 10 s); call once the server
+    /// has stopped. Entries from requests still running afterwards are dropped and counted.
+    pub async fn finish(&self) {
+        let Some(log) = self.request_log.clone() else {
+            return;
+        };
+        let flushed = tokio::task::spawn_blocking(move || log.close(Duration::from_secs(10)))
+            .await
+            .unwrap_or(false);
+        if !flushed {
+            tracing::warn!("the request log was not fully written before shutdown");
+        }
     }
 
     /// Whether requests must carry a bearer key.
@@ -151,14 +177,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, then lets in-flight requests
-/// finish for up to `server.shutdown_grace_secs`.
+/// finish for up to `server.shutdown_grace_secs` and flushes the request log.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
-    serve_router(listener, app(state), grace, shutdown).await
+    let result = serve_router(listener, app(state.clone()), grace, shutdown).await;
+    state.finish().await;
+    result
 }
 
 /// Serves `router` (from [`app`] or [`app_with`]) until `shutdown` completes, then lets

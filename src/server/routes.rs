@@ -19,6 +19,7 @@ use crate::classifier::input::{prompt_from_json, InputError};
 use crate::classifier::worker::WorkerError;
 use crate::classifier::{Prediction, Prompt, Tier};
 use crate::policy::{Mode, PolicyError};
+use crate::request_log::{self, LogEntry, LoggedPrompt};
 
 /// A JSON request body: over the size limit is 413, empty or malformed is 400. Any content
 /// type is accepted (curl's `-d` sends `application/x-www-form-urlencoded`).
@@ -358,8 +359,42 @@ pub async fn select_model(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, AppError> {
+    let started = Instant::now();
     let request = parse_select(&state, &body, None)?;
-    Ok(Json(select(&state, request).await?))
+    let answer = select(&state, request).await?;
+    log_selection(&state, "select-model", body, &answer, started);
+    Ok(Json(answer))
+}
+
+/// Queues the request log's line for an answered selection (when the log is on).
+fn log_selection(
+    state: &AppState,
+    endpoint: &'static str,
+    body: Value,
+    answer: &Value,
+    started: Instant,
+) {
+    let Some(log) = &state.request_log else {
+        return;
+    };
+    let text = |key: &str| answer.get(key).and_then(Value::as_str).map(str::to_string);
+    log.record(LogEntry {
+        ts: std::time::SystemTime::now(),
+        request_id: request_log::request_id(),
+        endpoint,
+        requested_model: None,
+        model: text("model").unwrap_or_default(),
+        upstream_model: None,
+        provider: text("provider"),
+        tier: text("tier"),
+        prompt: LoggedPrompt::Select(body),
+        usage: None,
+        stream: false,
+        outcome: "ok",
+        attempts: None,
+        cost_usd: None,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+    });
 }
 
 /// `POST /v1/router/{anthropic|openai|gemini|...}`: Morph's `selectModel`; answers `{"model"}`
@@ -378,9 +413,12 @@ pub async fn router_family(
             param: Some("provider".into()),
             code: "unknown_provider",
         })?;
+    let started = Instant::now();
     let JsonBody(body) = body?;
     let request = parse_select(&state, &body, Some(&family))?;
-    Ok(Json(select(&state, request).await?))
+    let answer = select(&state, request).await?;
+    log_selection(&state, "router", body, &answer, started);
+    Ok(Json(answer))
 }
 
 /// The prompt of a Morph `raw` or `classify` request; these cannot fail open.

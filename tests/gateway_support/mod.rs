@@ -44,6 +44,9 @@ pub enum Behavior {
     Malformed,
     /// 401 with an error message that quotes the key the mock received.
     EchoKey401,
+    /// Stream (after the start and one content event, when `after_start`) 2 MiB of `data:`
+    /// bytes without a line end, then hold the connection open: an event that never ends.
+    OverlongEvent { after_start: bool },
 }
 
 /// One request the mock received.
@@ -229,6 +232,31 @@ fn respond(
                 Format::Gemini => 1,
             };
             sse_response(events.into_iter().take(keep).collect(), delay, true)
+        }
+        Behavior::OverlongEvent { after_start } => {
+            let keep = match (after_start, format) {
+                (false, _) => 0,
+                (true, Format::OpenAi) => 2,
+                (true, Format::Anthropic) => 3,
+                (true, Format::Gemini) => 1,
+            };
+            let events = stream_events(format, model, &Answer::Text("partial answer".into()), true);
+            let head = stream::iter(events.into_iter().take(keep))
+                .map(|e| Ok::<_, std::io::Error>(Bytes::from(e)));
+            let endless = stream::iter(
+                std::iter::once(Bytes::from_static(b"data: "))
+                    .chain(std::iter::repeat_n(Bytes::from(vec![b'x'; 64 * 1024]), 32)),
+            )
+            .map(Ok);
+            // Bounded: the test's client gives up long before this.
+            let hold = stream::once(async {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                Ok(Bytes::new())
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(head.chain(endless).chain(hold)))
+                .unwrap()
         }
         Behavior::Text(t) => answer(format, model, stream, include_usage, Answer::Text(t), delay),
         Behavior::ToolCall { name, arguments } => answer(

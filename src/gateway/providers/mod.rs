@@ -427,6 +427,7 @@ pub(crate) fn translate_stream<T: StreamTranslator>(
     http: Http,
     translator: T,
 ) -> ChunkStream {
+    use super::sse::SseStreamError;
     use futures_util::stream::{self, StreamExt};
     let events = super::sse::events(resp.bytes_stream());
     stream::unfold(
@@ -451,8 +452,12 @@ pub(crate) fn translate_stream<T: StreamTranslator>(
                             return Some((stream::iter(vec![Err(e)]), (events, t, http, true)))
                         }
                     },
-                    Some(Err(e)) => {
+                    Some(Err(SseStreamError::Transport(e))) => {
                         let err = ProviderError::StreamBroken(http.redact(&error_chain(&e)));
+                        return Some((stream::iter(vec![Err(err)]), (events, t, http, true)));
+                    }
+                    Some(Err(SseStreamError::Parse(e))) => {
+                        let err = ProviderError::Malformed(e.to_string());
                         return Some((stream::iter(vec![Err(err)]), (events, t, http, true)));
                     }
                     None => {
