@@ -453,6 +453,8 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // reqwest is built without a default TLS provider (plain HTTP here, but the client asks).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
