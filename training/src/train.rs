@@ -49,6 +49,14 @@ pub struct TrainArgs {
     pub threshold: f32,
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
+    /// Start from the weights of this model directory instead of fresh ones (fine-tuning a
+    /// model this command wrote before).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Class weights are (rows of the largest class / rows of the class) raised to this power:
+    /// 1 balances the tiers fully, 0 ignores their sizes.
+    #[arg(long, default_value_t = 0.5)]
+    pub class_weight_power: f32,
     /// Print the running loss every this many steps.
     #[arg(long, default_value_t = 100)]
     pub log_every: usize,
@@ -208,14 +216,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
-    // Balanced classes: each tier contributes equally to the loss.
+    // Tempered class balance: the rare tiers (hard, needs_info) weigh more, but not so much that
+    // the model learns to over-predict them.
     let mut class_weight = [0f32; 4];
     for e in &train {
         class_weight[e.label] += e.weight;
     }
     let total: f32 = class_weight.iter().sum();
     for w in &mut class_weight {
-        *w = total / (4.0 * w.max(1.0));
+        *w = (total / (4.0 * w.max(1.0))).powf(args.class_weight_power);
     }
 
     let cfg = encoder_config(args.hidden, args.layers);
@@ -223,6 +232,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let mut model = TierModel::load(vb, &cfg)?;
     init_embeddings(&mut varmap, &args.base, args.hidden, &mut rng)?;
+    if let Some(dir) = &args.resume {
+        let path = dir.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&path, &device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        for (name, t) in tensors {
+            varmap.set_one(&name, t.to_dtype(DType::F32)?)?;
+        }
+        eprintln!("resumed from {}", dir.display());
+    }
     if !args.train_word_embeddings {
         model.freeze_word_embeddings();
     }
