@@ -391,26 +391,11 @@ pub fn render(summary: &Summary) -> String {
          <th>aggressive</th><th>cost</th><th>cheaper (balanced)</th></tr>",
     );
     for m in &s.by_model {
-        let c = |v: Option<f64>| v.map(usd).unwrap_or_else(|| "&ndash;".into());
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&m.model),
-            thousands(m.rows),
-            thousands(m.tiers.easy),
-            thousands(m.tiers.medium),
-            thousands(m.tiers.hard),
-            thousands(m.tiers.needs_info),
-            c(m.current_cost_usd),
-            c(m.routed_cost_usd[0]),
-            c(m.routed_cost_usd[1]),
-            c(m.routed_cost_usd[2]),
-            if m.current_cost_usd.is_some() {
-                thousands(m.cheaper_rows[0])
-            } else {
-                "&ndash;".into()
-            },
-        );
+        let _ = write!(h, "<tr><td>{}</td>", escape(&m.model));
+        for cell in m.figure_cells("&ndash;") {
+            let _ = write!(h, "<td>{cell}</td>");
+        }
+        h.push_str("</tr>");
     }
     h.push_str("</table></section>");
 

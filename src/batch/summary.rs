@@ -106,6 +106,29 @@ pub struct ModelSummary {
 }
 
 impl ModelSummary {
+    /// The per-model table's figures after the name, as the text summary and the HTML report
+    /// both show them: rows, the four tier counts, current cost, routed cost per mode, and rows
+    /// sent to a cheaper model in balanced mode; `dash` stands for an unpriced figure.
+    pub fn figure_cells(&self, dash: &str) -> [String; 10] {
+        let cost = |i: Option<f64>| i.map(usd).unwrap_or_else(|| dash.to_string());
+        let routed = |mode: usize| cost(self.routed_cost_usd.get(mode).copied().flatten());
+        [
+            thousands(self.rows),
+            thousands(self.tiers.easy),
+            thousands(self.tiers.medium),
+            thousands(self.tiers.hard),
+            thousands(self.tiers.needs_info),
+            cost(self.current_cost_usd),
+            routed(0),
+            routed(1),
+            routed(2),
+            match (self.current_cost_usd, self.cheaper_rows.first()) {
+                (Some(_), Some(&n)) => thousands(n),
+                _ => dash.to_string(),
+            },
+        ]
+    }
+
     /// Savings in `mode` (index into [`Mode::ALL`]).
     pub fn savings_usd(&self, mode: usize) -> Option<f64> {
         Some(self.current_cost_usd? - self.routed_cost_usd.get(mode).copied()??)
@@ -386,25 +409,21 @@ impl Summary {
                 "by model used          rows   easy medium   hard   info      current     balanced   aggressive         cost  cheaper(bal.)"
             );
             for m in &self.by_model {
-                let cost = |c: Option<f64>| c.map(usd).unwrap_or_else(|| "-".into());
+                let c = m.figure_cells("-");
                 let _ = writeln!(
                     s,
                     "  {:<19} {:>6} {:>6} {:>6} {:>6} {:>6} {:>12} {:>12} {:>12} {:>12}  {:>6}",
                     truncate(&m.model, 19),
-                    thousands(m.rows),
-                    thousands(m.tiers.easy),
-                    thousands(m.tiers.medium),
-                    thousands(m.tiers.hard),
-                    thousands(m.tiers.needs_info),
-                    cost(m.current_cost_usd),
-                    cost(m.routed_cost_usd[0]),
-                    cost(m.routed_cost_usd[1]),
-                    cost(m.routed_cost_usd[2]),
-                    if m.current_cost_usd.is_some() {
-                        thousands(m.cheaper_rows[0])
-                    } else {
-                        "-".into()
-                    },
+                    c[0],
+                    c[1],
+                    c[2],
+                    c[3],
+                    c[4],
+                    c[5],
+                    c[6],
+                    c[7],
+                    c[8],
+                    c[9],
                 );
             }
         }
