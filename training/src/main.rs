@@ -14,9 +14,7 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Parser, Subcommand};
-use triage::classifier::{
-    Classifier, EncoderConfig, ModelConfig, Prompt, Tier, TierModel, TruncationConfig,
-};
+use triage::classifier::{Classifier, ModelConfig, Prompt, Tier, TierModel, TruncationConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "triage-train", about)]
@@ -49,20 +47,6 @@ enum Command {
     },
 }
 
-fn encoder_config(hidden: usize, layers: usize) -> EncoderConfig {
-    EncoderConfig {
-        vocab_size: 30522,
-        hidden_size: hidden,
-        num_layers: layers,
-        num_heads: hidden / 32,
-        intermediate_size: hidden * 4,
-        max_position_embeddings: 512,
-        type_vocab_size: 2,
-        layer_norm_eps: 1e-12,
-        num_labels: 4,
-    }
-}
-
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args)?,
@@ -74,7 +58,7 @@ fn main() -> Result<()> {
         } => {
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-            let enc = encoder_config(hidden, layers);
+            let enc = train::encoder_config(hidden, layers);
             TierModel::load(vb, &enc)?;
             let config = ModelConfig {
                 name: "triage-untrained".into(),

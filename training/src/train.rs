@@ -139,7 +139,8 @@ fn init_embeddings(varmap: &mut VarMap, base: &Path, hidden: usize, rng: &mut Rn
     Ok(())
 }
 
-fn encoder_config(hidden: usize, layers: usize) -> EncoderConfig {
+/// The student's shape: `hidden` wide, `layers` deep, 32-wide heads, a 4x FFN.
+pub fn encoder_config(hidden: usize, layers: usize) -> EncoderConfig {
     EncoderConfig {
         vocab_size: 30522,
         hidden_size: hidden,
