@@ -8,11 +8,16 @@
 //! `total - upstream` (the mock's own time holding each request, matched by the request's `user`
 //! field) and the `x-triage-overhead-ms` header triage computes itself.
 //!
-//! Scenarios: `named` (a configured model: no classification) and `auto` (`model: "auto"`:
-//! tokenise, classify, choose).
+//! Scenarios: `direct` (the load generator straight to the mock, no triage: what the harness's
+//! own loopback hop, client and mock cost on this machine), `named` (a configured model: no
+//! classification) and `auto` (`model: "auto"`: tokenise, classify, choose). Triage's own share
+//! of `named`'s added latency is about `named` minus `direct`. For `auto` it also counts the
+//! requests that failed open (`x-triage-tier: unclassified`: the classifier queue was too far
+//! behind, see `server.max_queue_wait_ms`).
 //!
 //! ```text
 //! cargo bench --bench gateway_load -- --rps 1000 --duration 10 --delay-ms 20
+//! cargo bench --bench gateway_load -- --scenarios direct,named --rps 1000
 //! cargo bench --bench gateway_load -- --scenarios auto --rps 200 --json
 //! ```
 //!
@@ -54,7 +59,7 @@ impl Settings {
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
             delay: Duration::from_millis(20),
-            scenarios: vec!["named".into(), "auto".into()],
+            scenarios: vec!["direct".into(), "named".into(), "auto".into()],
             json: false,
             triage: PathBuf::from(env!("CARGO_BIN_EXE_triage")),
             model_dir: None,
@@ -88,8 +93,9 @@ impl Settings {
                         .split(',')
                         .map(|v| v.trim().to_string())
                         .collect();
-                    if let Some(bad) = s.scenarios.iter().find(|v| *v != "named" && *v != "auto") {
-                        return Err(format!("unknown scenario {bad:?} (named, auto)"));
+                    let known = ["direct", "named", "auto"];
+                    if let Some(bad) = s.scenarios.iter().find(|v| !known.contains(&v.as_str())) {
+                        return Err(format!("unknown scenario {bad:?} (direct, named, auto)"));
                     }
                 }
                 "--json" => s.json = true,
@@ -97,7 +103,7 @@ impl Settings {
                 "--model-dir" => s.model_dir = Some(PathBuf::from(value("--model-dir")?)),
                 "--help" | "-h" => {
                     return Err("usage: gateway_load [--rps N] [--duration S] [--warmup S] \
-                                [--delay-ms MS] [--scenarios named,auto] [--json] \
+                                [--delay-ms MS] [--scenarios direct,named,auto] [--json] \
                                 [--triage PATH] [--model-dir DIR]"
                         .into())
                 }
@@ -216,6 +222,8 @@ struct Sample {
     added: Option<Duration>,
     /// `x-triage-overhead-ms`.
     header_ms: Option<f64>,
+    /// Routed to the `unclassified` model (auto failed open).
+    failed_open: bool,
     ok: bool,
 }
 
@@ -227,6 +235,7 @@ struct ScenarioReport {
     achieved_rps: f64,
     requests: usize,
     errors: usize,
+    failed_open: usize,
     upstream_delay_ms: f64,
     total_p50_ms: f64,
     total_p99_ms: f64,
@@ -264,7 +273,6 @@ fn rss_mb(pid: u32, field: &str) -> Option<f64> {
 /// What the load generator sends requests to, and with.
 struct Driver {
     client: reqwest::Client,
-    url: String,
     upstream: Arc<Upstream>,
     prompts: Vec<String>,
 }
@@ -273,13 +281,13 @@ impl Driver {
     /// Sends `rps` requests a second for `duration`, on schedule, and collects every outcome.
     async fn drive(
         &self,
+        url: &str,
         model: &str,
         rps: u64,
         duration: Duration,
         tag: &str,
     ) -> (Vec<Sample>, Duration) {
-        let (client, url, upstream, prompts) =
-            (&self.client, &self.url, &self.upstream, &self.prompts);
+        let (client, upstream, prompts) = (&self.client, &self.upstream, &self.prompts);
         let period = Duration::from_secs_f64(1.0 / rps as f64);
         let count = (duration.as_secs_f64() * rps as f64).round() as usize;
         let start = tokio::time::Instant::now() + Duration::from_millis(10);
@@ -303,7 +311,7 @@ impl Driver {
                     .body(body)
                     .send()
                     .await;
-                let (ok, header_ms) = match resp {
+                let (ok, header_ms, failed_open) = match resp {
                     Ok(r) => {
                         let ok = r.status().is_success();
                         let h = r
@@ -311,17 +319,21 @@ impl Driver {
                             .get("x-triage-overhead-ms")
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse::<f64>().ok());
+                        let open = r
+                            .headers()
+                            .get("x-triage-tier")
+                            .is_some_and(|v| v.as_bytes() == b"unclassified");
                         let body = r.bytes().await;
-                        (ok && body.is_ok(), h)
+                        (ok && body.is_ok(), h, open)
                     }
-                    Err(_) => (false, None),
+                    Err(_) => (false, None, false),
                 };
-                (id, due.elapsed(), ok, header_ms)
+                (id, due.elapsed(), ok, header_ms, failed_open)
             }));
         }
         let mut samples = Vec::with_capacity(count);
         for task in tasks {
-            let Ok((id, total, ok, header_ms)) = task.await else {
+            let Ok((id, total, ok, header_ms, failed_open)) = task.await else {
                 continue;
             };
             let held = upstream.held.lock().expect("mock lock").remove(&id);
@@ -329,6 +341,7 @@ impl Driver {
                 total,
                 added: held.map(|h| total.saturating_sub(h)),
                 header_ms,
+                failed_open,
                 ok,
             });
         }
@@ -396,9 +409,10 @@ async fn run(settings: Settings) -> Result<Vec<ScenarioReport>, String> {
         .map_err(|e| e.to_string())?;
     wait_healthy(&client, &base, &mut server).await?;
 
+    let via_triage = format!("{base}/v1/chat/completions");
+    let direct = format!("http://{upstream_addr}/v1/chat/completions");
     let driver = Driver {
         client,
-        url: format!("{base}/v1/chat/completions"),
         upstream,
         prompts: prompts(),
     };
@@ -409,13 +423,18 @@ async fn run(settings: Settings) -> Result<Vec<ScenarioReport>, String> {
         } else {
             "mock-small"
         };
+        let url = if scenario == "direct" {
+            &direct
+        } else {
+            &via_triage
+        };
         if !settings.warmup.is_zero() {
             driver
-                .drive(model, settings.rps, settings.warmup, "warm")
+                .drive(url, model, settings.rps, settings.warmup, "warm")
                 .await;
         }
         let (samples, elapsed) = driver
-            .drive(model, settings.rps, settings.duration, scenario)
+            .drive(url, model, settings.rps, settings.duration, scenario)
             .await;
         let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -429,6 +448,7 @@ async fn run(settings: Settings) -> Result<Vec<ScenarioReport>, String> {
             achieved_rps: (ok.len() as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0,
             requests: samples.len(),
             errors: samples.len() - ok.len(),
+            failed_open: ok.iter().filter(|s| s.failed_open).count(),
             upstream_delay_ms: ms(settings.delay),
             total_p50_ms: percentile(&total, 50.0),
             total_p99_ms: percentile(&total, 99.0),
@@ -475,11 +495,12 @@ fn main() {
         return;
     }
     println!(
-        "{:<8} {:>6} {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "{:<8} {:>6} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "scenario",
         "rps",
         "achieved",
         "errors",
+        "open",
         "total p50",
         "total p99",
         "added p50",
@@ -490,11 +511,12 @@ fn main() {
     );
     for r in &reports {
         println!(
-            "{:<8} {:>6} {:>8.1} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8}",
+            "{:<8} {:>6} {:>8.1} {:>6} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8}",
             r.scenario,
             r.target_rps,
             r.achieved_rps,
             r.errors,
+            r.failed_open,
             r.total_p50_ms,
             r.total_p99_ms,
             r.added_p50_ms,
@@ -506,7 +528,7 @@ fn main() {
     }
     println!(
         "(ms; upstream delay {:.1} ms; added = total - the mock's time holding the request; \
-         hdr = x-triage-overhead-ms)",
+         hdr = x-triage-overhead-ms; open = auto requests that failed open; direct = no triage)",
         reports.first().map_or(0.0, |r| r.upstream_delay_ms)
     );
 }

@@ -164,6 +164,10 @@ pub struct ServerConfig {
     pub classify_timeout_ms: u64,
     /// Requests waiting for the classifier; when full, new ones get 429 at once.
     pub queue_capacity: usize,
+    /// Longest a request may wait in the classifier's queue. One whose expected wait (queue
+    /// depth × measured model time per prompt) is longer is refused at once (429, or fail-open
+    /// for `auto` and select-model with a deadline); 0: no limit beyond `queue_capacity`.
+    pub max_queue_wait_ms: u64,
     /// Most prompts the worker classifies in one batch.
     pub max_batch: usize,
     /// How long the worker waits for more prompts to fill a batch once it has one.
@@ -188,6 +192,7 @@ impl Default for ServerConfig {
             deadline_ms: 1000,
             classify_timeout_ms: 30_000,
             queue_capacity: 256,
+            max_queue_wait_ms: 50,
             max_batch: 16,
             batch_wait_ms: 2,
             inference_threads: 1,
@@ -202,6 +207,11 @@ impl ServerConfig {
     /// The fail-open deadline, or `None` when disabled.
     pub fn deadline(&self) -> Option<Duration> {
         (self.deadline_ms > 0).then(|| Duration::from_millis(self.deadline_ms))
+    }
+
+    /// The queue-wait limit, or `None` when disabled.
+    pub fn max_queue_wait(&self) -> Option<Duration> {
+        (self.max_queue_wait_ms > 0).then(|| Duration::from_millis(self.max_queue_wait_ms))
     }
 }
 
@@ -469,6 +479,9 @@ impl Config {
                 "TRIAGE_DEADLINE_MS" => s.deadline_ms = parse_env(&value).map_err(bad)?,
                 "TRIAGE_MAX_BODY_BYTES" => s.max_body_bytes = parse_env(&value).map_err(bad)?,
                 "TRIAGE_QUEUE_CAPACITY" => s.queue_capacity = parse_env(&value).map_err(bad)?,
+                "TRIAGE_MAX_QUEUE_WAIT_MS" => {
+                    s.max_queue_wait_ms = parse_env(&value).map_err(bad)?
+                }
                 "TRIAGE_MAX_BATCH" => s.max_batch = parse_env(&value).map_err(bad)?,
                 "TRIAGE_BATCH_WAIT_MS" => s.batch_wait_ms = parse_env(&value).map_err(bad)?,
                 "TRIAGE_INFERENCE_THREADS" => {

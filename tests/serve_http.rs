@@ -675,6 +675,53 @@ async fn a_full_queue_answers_429_with_retry_after_at_once() {
 }
 
 #[tokio::test]
+async fn a_queue_too_far_behind_refuses_at_once_and_admitted_requests_are_answered() {
+    let gate = GatedClassifier::closed(shipped_classifier());
+    let mut config = test_config();
+    config.server.max_batch = 1;
+    config.server.max_queue_wait_ms = 20;
+    let server = Arc::new(TestServer::start_with(config, gate.clone()).await);
+    let spawn = |text: &'static str| {
+        let s = server.clone();
+        tokio::spawn(async move { s.post("/v1/select-model", &json!({"input": text})).await })
+    };
+    // One slow batch teaches the worker that a prompt costs far more than 20 ms.
+    let slow = spawn("slow one");
+    wait_for("the first batch", || async { gate.entered() == 1 }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    gate.open();
+    assert_eq!(slow.await.unwrap().status, 200);
+
+    gate.close();
+    let held = spawn("held in the model");
+    wait_for("the second batch", || async { gate.entered() == 2 }).await;
+    // An empty queue admits one more, whatever the cost...
+    let queued = spawn("queued behind it");
+    wait_for("one queued request", || async {
+        metric(&server.metrics().await, "triage_queue_depth") == Some(1.0)
+    })
+    .await;
+    // ...but behind it the expected wait is ~80 ms: refused at once.
+    // (Were it queued, it would wait for the gate, which opens only below.)
+    let r = server
+        .post("/v1/select-model", &json!({"input": "one too many"}))
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert!(r.text.contains("overloaded"), "{}", r.text);
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    gate.open();
+    assert_eq!(held.await.unwrap().status, 200);
+    assert_eq!(queued.await.unwrap().status, 200);
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(&text, "triage_queue_rejections_total"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn select_model_fails_open_to_the_default_model_past_its_deadline() {
     let gate = GatedClassifier::closed(shipped_classifier());
     let mut config = test_config();

@@ -6,12 +6,18 @@
 //! waits at most `max_wait`. When the queue is full, [`ClassifierWorker::submit`] fails at once
 //! with [`WorkerError::QueueFull`] instead of letting callers wait without bound.
 //!
+//! The queue is also bounded in time: with `max_queue_wait`, a request whose expected wait
+//! (queue depth × the measured model time per prompt ÷ threads) is longer is refused at once
+//! with [`WorkerError::Overloaded`]. Under overload, callers that can fail open do so
+//! immediately instead of after their deadline, and the requests that are admitted keep a short
+//! wait. An admitted request is always classified (unless its caller has gone).
+//!
 //! Requests whose caller has gone (a deadline passed, the client hung up) are dropped before
 //! they reach the model. One bad prompt does not fail its batch: a failed batch is retried
 //! prompt by prompt so each caller gets its own answer.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +50,8 @@ pub struct WorkerConfig {
     pub max_wait: Duration,
     /// Threads running the model.
     pub threads: usize,
+    /// Longest a request may wait in the queue; `None`: no limit beyond `queue_capacity`.
+    pub max_queue_wait: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +61,7 @@ impl Default for WorkerConfig {
             max_batch: 16,
             max_wait: Duration::from_millis(2),
             threads: 1,
+            max_queue_wait: Some(Duration::from_millis(50)),
         }
     }
 }
@@ -62,6 +71,11 @@ impl Default for WorkerConfig {
 pub enum WorkerError {
     #[error("the classifier queue is full ({capacity} requests waiting)")]
     QueueFull { capacity: usize },
+    #[error(
+        "the classifier is overloaded: a request would wait about {expected_ms} ms in its queue \
+         (limit {limit_ms} ms)"
+    )]
+    Overloaded { expected_ms: u64, limit_ms: u64 },
     #[error("the classifier worker has stopped")]
     Stopped,
     #[error("classification failed: {0}")]
@@ -96,6 +110,10 @@ pub struct ClassifierWorker {
     sender: SyncSender<Job>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
+    /// Smoothed model time per prompt, in nanoseconds (0 until the first batch).
+    cost_ns: Arc<AtomicU64>,
+    threads: usize,
+    max_queue_wait: Option<Duration>,
 }
 
 impl std::fmt::Debug for ClassifierWorker {
@@ -118,27 +136,45 @@ impl ClassifierWorker {
         let (sender, receiver) = mpsc::sync_channel::<Job>(capacity);
         let receiver = Arc::new(Mutex::new(receiver));
         let depth = Arc::new(AtomicUsize::new(0));
-        for i in 0..config.threads.max(1) {
+        let cost_ns = Arc::new(AtomicU64::new(0));
+        let threads = config.threads.max(1);
+        for i in 0..threads {
             let model = Arc::clone(&model);
-            let receiver = Arc::clone(&receiver);
-            let depth = Arc::clone(&depth);
+            let shared = Shared {
+                receiver: Arc::clone(&receiver),
+                depth: Arc::clone(&depth),
+                cost_ns: Arc::clone(&cost_ns),
+            };
             let observer = observer.clone();
             std::thread::Builder::new()
                 .name(format!("triage-classifier-{i}"))
-                .spawn(move || run(&*model, &receiver, &depth, config, observer.as_deref()))?;
+                .spawn(move || run(&*model, &shared, config, observer.as_deref()))?;
         }
         Ok(Self {
             sender,
             depth,
             capacity,
+            cost_ns,
+            threads,
+            max_queue_wait: config.max_queue_wait,
         })
     }
 
-    /// Queues `prompt`; the receiver gets its prediction. Fails at once when the queue is full.
+    /// Queues `prompt`; the receiver gets its prediction. Fails at once when the queue is full
+    /// or the request would wait longer than `max_queue_wait`.
     pub fn submit(
         &self,
         prompt: Prompt,
     ) -> Result<oneshot::Receiver<Result<Prediction, WorkerError>>, WorkerError> {
+        if let Some(limit) = self.max_queue_wait {
+            let expected = self.expected_wait();
+            if expected > limit {
+                return Err(WorkerError::Overloaded {
+                    expected_ms: expected.as_millis() as u64,
+                    limit_ms: limit.as_millis() as u64,
+                });
+            }
+        }
         let (reply, receiver) = oneshot::channel();
         // Counted before sending, so a worker never sees the depth go below zero.
         self.depth.fetch_add(1, Ordering::SeqCst);
@@ -171,19 +207,46 @@ impl ClassifierWorker {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+
+    /// How long a request queued now would wait before a worker takes it, from the queue depth
+    /// and the smoothed model time per prompt (zero before the first batch).
+    pub fn expected_wait(&self) -> Duration {
+        let cost = self.cost_ns.load(Ordering::Relaxed);
+        let depth = self.queue_depth() as u64;
+        Duration::from_nanos(depth.saturating_mul(cost) / self.threads as u64)
+    }
+}
+
+/// What the worker threads share.
+struct Shared {
+    receiver: Arc<Mutex<Receiver<Job>>>,
+    depth: Arc<AtomicUsize>,
+    cost_ns: Arc<AtomicU64>,
+}
+
+/// Folds one batch's model time per prompt into the smoothed figure (weight 1/4).
+fn record_cost(cost_ns: &AtomicU64, inference: Duration, size: usize) {
+    let sample = (inference.as_nanos() / size.max(1) as u128).min(u64::MAX as u128) as u64;
+    let old = cost_ns.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample
+    } else {
+        old - old / 4 + sample / 4
+    };
+    cost_ns.store(new, Ordering::Relaxed);
 }
 
 /// One worker thread: gather a batch, classify it, reply; until every handle is dropped.
 fn run(
     model: &dyn BatchClassifier,
-    receiver: &Mutex<Receiver<Job>>,
-    depth: &AtomicUsize,
+    shared: &Shared,
     config: WorkerConfig,
     observer: Option<&(dyn Fn(BatchReport) + Send + Sync)>,
 ) {
     let max_batch = config.max_batch.max(1);
     loop {
-        let Some(batch) = gather(receiver, depth, max_batch, config.max_wait) else {
+        let Some(batch) = gather(&shared.receiver, &shared.depth, max_batch, config.max_wait)
+        else {
             return;
         };
         // Callers that gave up (deadline, hung up) need no answer.
@@ -199,6 +262,9 @@ fn run(
             inference: started.elapsed(),
             failed: result.is_err(),
         };
+        if !report.failed {
+            record_cost(&shared.cost_ns, report.inference, report.size);
+        }
         // Reported before replying, so a caller that reads metrics after its answer sees it.
         if let Some(observe) = observer {
             observe(report);
@@ -334,6 +400,7 @@ mod tests {
             max_batch: 8,
             max_wait: Duration::from_millis(1),
             threads: 1,
+            max_queue_wait: None,
         }
     }
 
@@ -416,5 +483,47 @@ mod tests {
         ));
         // The thread survived the panic.
         assert!(rt.block_on(worker.classify(Prompt::text("after"))).is_ok());
+    }
+
+    #[test]
+    fn a_queue_expected_to_wait_too_long_refuses_at_once() {
+        let model = fake(false);
+        let mut cfg = config(64);
+        cfg.max_queue_wait = Some(Duration::from_millis(5));
+        let worker = ClassifierWorker::spawn(model.clone(), cfg, None).unwrap();
+        // Teach the worker a model time far above the limit.
+        record_cost(&worker.cost_ns, Duration::from_millis(50), 1);
+        model.hold.store(true, Ordering::SeqCst);
+        let rt = runtime();
+        let first = worker.submit(Prompt::text("first")).unwrap();
+        for _ in 0..5000 {
+            if worker.queue_depth() == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The queue is empty, so one more is admitted; behind it the wait would be ~50 ms.
+        let second = worker.submit(Prompt::text("second")).unwrap();
+        match worker.submit(Prompt::text("third")) {
+            Err(WorkerError::Overloaded {
+                expected_ms,
+                limit_ms: 5,
+            }) => assert!(expected_ms >= 40, "{expected_ms}"),
+            other => panic!("expected Overloaded, got {:?}", other.map(|_| ())),
+        }
+        assert!(worker.expected_wait() >= Duration::from_millis(40));
+        model.hold.store(false, Ordering::SeqCst);
+        assert!(rt.block_on(first).unwrap().is_ok());
+        // Admitted requests are classified, however long they end up waiting.
+        assert!(rt.block_on(second).unwrap().is_ok());
+    }
+
+    #[test]
+    fn the_cost_estimate_is_smoothed() {
+        let cost = AtomicU64::new(0);
+        record_cost(&cost, Duration::from_millis(8), 4);
+        assert_eq!(cost.load(Ordering::SeqCst), 2_000_000);
+        record_cost(&cost, Duration::from_millis(6), 1);
+        assert_eq!(cost.load(Ordering::SeqCst), 3_000_000);
     }
 }

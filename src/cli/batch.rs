@@ -132,7 +132,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         default_model: args.default_model.clone(),
         ..Options::default()
     };
-    set_inference_threads(args.threads);
+    super::set_inference_threads(args.threads);
     let policy = TierPolicy::default();
     let prices = PriceTable::shipped();
     let classifier = args.model.load()?;
@@ -199,22 +199,6 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Sizes candle's CPU thread pool, which reads RAYON_NUM_THREADS when it starts. On two cores,
-/// one inference thread beside the tokeniser thread measured faster than two that contend
-/// with it (see README).
-fn set_inference_threads(threads: Option<usize>) {
-    let n = match threads {
-        Some(n) => n.max(1),
-        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => return,
-        None => std::thread::available_parallelism()
-            .map(|n| n.get().saturating_sub(1).max(1))
-            .unwrap_or(1),
-    };
-    // Called before any other thread of this process starts, so nothing reads the environment
-    // concurrently.
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
 }
 
 fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {

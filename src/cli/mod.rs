@@ -38,3 +38,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
     }
 }
+
+/// Sizes candle's CPU thread pool, which reads RAYON_NUM_THREADS when it starts: `threads`, else
+/// RAYON_NUM_THREADS when set, else one fewer than the cores (at least one), so that the thread
+/// feeding the model (the tokeniser in `batch`, the HTTP runtime in `serve`) keeps a core. On two
+/// cores this measured faster than letting the model's matmuls contend with it (see README).
+pub(crate) fn set_inference_threads(threads: Option<usize>) {
+    let n = match threads {
+        Some(n) => n.max(1),
+        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => return,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get().saturating_sub(1).max(1))
+            .unwrap_or(1),
+    };
+    // Called before any other thread of this process starts, so nothing reads the environment
+    // concurrently.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+}

@@ -83,6 +83,7 @@ impl ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    super::set_inference_threads(None);
     init_logging();
     let file = args
         .config
@@ -122,6 +123,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         inference_threads = config.server.inference_threads,
         max_batch = config.server.max_batch,
         queue_capacity = config.server.queue_capacity,
+        max_queue_wait_ms = config.server.max_queue_wait_ms,
         "classifier loaded"
     );
     let listen = config.server.listen;

@@ -3,8 +3,9 @@
 //! family's `unclassified` model.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{BoxFuture, FutureExt};
 
@@ -33,6 +34,31 @@ pub fn prompt_of(req: &ChatRequest) -> Prompt {
         .unwrap_or_else(|| Prompt::text(req.prompt_text()))
 }
 
+/// Logs a fail-open at most once a second, with how many went unlogged since: under overload
+/// every request fails open, and a line each would cost more than the routing.
+fn warn_fail_open(error: &WorkerError) {
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_SECOND.load(Ordering::Relaxed);
+    if now > last
+        && LAST_SECOND
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            error = %error,
+            also_failed_open_since_last_warning = suppressed,
+            "auto routing fails open to the unclassified model"
+        );
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl TierChooser for PolicyChooser {
     fn choose<'a>(
         &'a self,
@@ -54,7 +80,7 @@ impl TierChooser for PolicyChooser {
             let prediction = match outcome {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    tracing::warn!(error = %e, "auto routing fails open to the unclassified model");
+                    warn_fail_open(&e);
                     None
                 }
             };

@@ -101,6 +101,7 @@ impl AppState {
                 max_batch: s.max_batch,
                 max_wait: Duration::from_millis(s.batch_wait_ms),
                 threads: s.inference_threads,
+                max_queue_wait: s.max_queue_wait(),
             },
             Some(observer),
         )

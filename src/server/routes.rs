@@ -233,7 +233,7 @@ async fn classify(
     let started = Instant::now();
     let server = &state.config.server;
     let receiver = state.worker.submit(prompt).map_err(|e| match e {
-        WorkerError::QueueFull { .. } => {
+        WorkerError::QueueFull { .. } | WorkerError::Overloaded { .. } => {
             state.metrics.record_queue_rejection();
             AppError::Overloaded {
                 message: format!("{e}; retry after {}s", server.retry_after_secs),

@@ -52,6 +52,12 @@ impl GatedClassifier {
         self.changed.notify_all();
     }
 
+    /// Holds the next batches again.
+    #[allow(dead_code)] // not every test binary that shares this module closes the gate
+    pub fn close(&self) {
+        *self.open.lock().unwrap() = false;
+    }
+
     /// Batches that reached the model so far (held or not).
     pub fn entered(&self) -> usize {
         self.entered.load(Ordering::SeqCst)
