@@ -186,8 +186,6 @@ fn unmistakable_easy_prompts_are_easy() {
 }
 
 #[test]
-#[ignore = "known weakness of triage-v1: 5 of these 12 medium prompts go to easy, hard or needs_info \
-            (medium recall is its weakest; see models/triage-v1/README.md); run with --ignored"]
 fn unmistakable_medium_prompts_are_medium() {
     assert_mostly(
         Tier::Medium,

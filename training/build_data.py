@@ -383,8 +383,10 @@ class Builder:
           following words", "why does this crash?" + code), with that material removed.
         - openers and personas on a few rows of every tier, so politeness and role-play
           framing are not mistaken for a tier.
+        - lowercase, unpunctuated copies of short rows of every tier (search-box style).
         """
         extra = []
+        casing = []
         for r in self.rows:
             if r["source"] in HELDOUT or r["context"]:
                 continue
@@ -395,6 +397,13 @@ class Builder:
                 extra.append(dict(r, text=head.strip().rstrip(":") + (":" if head.rstrip().endswith(":") else ""),
                                   tier="needs_info", source=r["source"] + "+stripped",
                                   key=r["key"] + "+stripped", weight=1.0))
+            # Search-box style: all lowercase, no closing "?" or ".". Typed that way in every
+            # tier, so it must not mark one (short queries were read as needs_info).
+            if len(text) <= 200 and "\n" not in text and self.rng.random() < 0.12:
+                low = text.lower().rstrip(" ?.!")
+                if low and low != text:
+                    casing.append(dict(r, text=low, source=r["source"] + "+lower",
+                                       key=r["key"] + "+lower"))
             roll = self.rng.random()
             if roll < 0.06:
                 extra.append(dict(r, text=self.rng.choice(self.OPENERS) + " " + text,
@@ -414,6 +423,13 @@ class Builder:
             seen.add(k)
             per_source[r["source"]] += 1
             kept.append(r)
+        # Casing variants share their original's normalised key, so they are kept apart from
+        # the check above; same cap per source.
+        per_source = collections.Counter()
+        for r in casing:
+            if per_source[r["source"]] < 150:
+                per_source[r["source"]] += 1
+                kept.append(r)
         print(f"augment: {len(kept)} variants", file=sys.stderr)
         self.rows.extend(kept)
 
