@@ -439,10 +439,9 @@ mod tests {
         (ids, types)
     }
 
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
+    /// The largest absolute value in `t`.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -450,6 +449,10 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs(&(a - b).unwrap())
     }
 
     #[test]
@@ -502,15 +505,7 @@ mod tests {
             let infer = model.forward(batch, Mode::Infer).unwrap();
             let reference = model.forward(batch, train).unwrap();
             assert_eq!(infer.dims(), reference.dims());
-            let scale: f32 = reference
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let scale = max_abs(&reference);
             assert!(scale > 1e-2, "logits too small to compare: {scale}");
             let diff = max_difference(&infer, &reference);
             assert!(
