@@ -231,6 +231,15 @@ pub fn write(input: &CardInput) -> Result<()> {
         metrics::nll(input.val_logits, &val_truth, t),
         input.config.threshold
     )?;
+    if input.args.distill_weight > 0.0 {
+        writeln!(
+            s,
+            "Distilled from all-MiniLM-L6-v2: beside the tier loss, the student predicts MiniLM's sentence \
+             embedding of each training prompt (cosine loss, weight {}, through a {} -> 384 projection that \
+             is dropped after training).\n",
+            input.args.distill_weight, cfg.hidden_size
+        )?;
+    }
 
     writeln!(s, "## Data\n")?;
     writeln!(s, "Rows per source and tier (after mapping, deduplication and caps); `heldout` sources are never trained on.\n")?;

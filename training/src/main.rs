@@ -5,6 +5,7 @@ mod card;
 mod data;
 mod metrics;
 mod modeldir;
+mod teacher;
 mod train;
 
 use std::path::PathBuf;

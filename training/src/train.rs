@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use triage::classifier::{
     EncoderConfig, Mode, ModelConfig, PromptTokenizer, Tier, TierModel, TokenBatch,
     TruncationConfig,
 };
 
 use crate::data::{encode_rows, read_rows, Example, Rng};
-use crate::{card, metrics};
+use crate::{card, metrics, teacher};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
@@ -66,6 +66,14 @@ pub struct TrainArgs {
     /// Train the word embeddings too instead of keeping MiniLM's projected table.
     #[arg(long)]
     pub train_word_embeddings: bool,
+    /// Weight of the distillation loss: the student also learns to predict all-MiniLM-L6-v2's
+    /// sentence embedding of each training prompt (cosine loss through a projection that is
+    /// not kept). 0 trains on the tiers alone.
+    #[arg(long, default_value_t = 0.0)]
+    pub distill_weight: f32,
+    /// Only fit a linear probe on the teacher's embeddings and report its scores.
+    #[arg(long)]
+    pub probe_teacher: bool,
     /// The command line to record in the card (set by the wrapper script).
     #[arg(long, env = "TRIAGE_TRAIN_COMMAND", default_value = "")]
     pub command: String,
@@ -228,6 +236,50 @@ pub fn run(args: TrainArgs) -> Result<()> {
         *w = (total / (4.0 * w.max(1.0))).powf(args.class_weight_power);
     }
 
+    let cache_dir = args.data.parent().unwrap_or(Path::new("."));
+    if args.probe_teacher {
+        let all: Vec<&Example> = train
+            .iter()
+            .chain(&val)
+            .chain(&test)
+            .chain(&heldout)
+            .collect();
+        let emb = teacher::embeddings(&args.base, cache_dir, &all, &device)?;
+        let labels = |set: &[Example]| set.iter().map(|e| e.label).collect::<Vec<_>>();
+        let (a, b, c) = (train.len(), val.len(), test.len());
+        let (ytr, yv, yt, yh) = (
+            labels(&train),
+            labels(&val),
+            labels(&test),
+            labels(&heldout),
+        );
+        return teacher::probe(
+            (&emb.narrow(0, 0, a)?, &ytr),
+            &[
+                ("val", &emb.narrow(0, a, b)?, &yv),
+                ("test", &emb.narrow(0, a + b, c)?, &yt),
+                ("held-out", &emb.narrow(0, a + b + c, heldout.len())?, &yh),
+            ],
+            &class_weight,
+            &device,
+        );
+    }
+    // The teacher's embeddings of the training rows, and the projection from the student's
+    // width to the teacher's (trained, never saved).
+    let distill = if args.distill_weight > 0.0 {
+        let refs: Vec<&Example> = train.iter().collect();
+        let emb = teacher::embeddings(&args.base, cache_dir, &refs, &device)?;
+        let aux = VarMap::new();
+        let proj = candle_nn::linear(
+            args.hidden,
+            teacher::DIM,
+            VarBuilder::from_varmap(&aux, DType::F32, &device),
+        )?;
+        Some((emb, proj, aux))
+    } else {
+        None
+    };
+
     let cfg = encoder_config(args.hidden, args.layers);
     let mut varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
@@ -245,13 +297,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if !args.train_word_embeddings {
         model.freeze_word_embeddings();
     }
-    let vars: Vec<_> = {
+    let mut vars: Vec<_> = {
         let data = varmap.data().lock().expect("varmap lock");
         data.iter()
             .filter(|(name, _)| args.train_word_embeddings || name.as_str() != "embeddings.word")
             .map(|(_, v)| v.clone())
             .collect()
     };
+    if let Some((_, _, aux)) = &distill {
+        vars.extend(aux.all_vars());
+    }
     let params = ParamsAdamW {
         lr: args.lr,
         weight_decay: 0.01,
@@ -290,17 +345,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .collect();
             let labels = Tensor::new(labels.as_slice(), &device)?;
             let weights = Tensor::new(weights.as_slice(), &device)?;
-            let logits = model.forward(
-                &batch,
-                Mode::Train {
-                    dropout: args.dropout,
-                },
-            )?;
+            let mode = Mode::Train {
+                dropout: args.dropout,
+            };
+            let pooled = model.pooled(&batch, mode)?;
+            let logits = model.head(&pooled, mode)?;
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?
                 .gather(&labels.unsqueeze(1)?, 1)?
                 .squeeze(1)?;
-            let loss = (logp.mul(&weights)?.sum_all()?.neg()?
+            let mut loss = (logp.mul(&weights)?.sum_all()?.neg()?
                 / weights.sum_all()?.to_scalar::<f32>()? as f64)?;
+            if let Some((emb, proj, _)) = &distill {
+                let idx: Vec<u32> = b.iter().map(|&i| i as u32).collect();
+                let target = emb.index_select(&Tensor::new(idx.as_slice(), &device)?, 0)?;
+                let pred = proj.forward(&pooled)?;
+                let norm = pred.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-6, f64::MAX)?;
+                let cos = pred.broadcast_div(&norm)?.mul(&target)?.sum(1)?;
+                let distance = (1.0 - cos)?.mean_all()?;
+                loss = (loss + (distance * args.distill_weight as f64)?)?;
+            }
             opt.backward_step(&loss)?;
             epoch_loss += loss.to_scalar::<f32>()? as f64;
             step += 1;

@@ -1,0 +1,267 @@
+//! The teacher: all-MiniLM-L6-v2 itself (a post-LayerNorm BERT, 6 x 384), run once over the
+//! labelled rows to give each prompt its sentence embedding (mean-pooled, L2-normalised, as
+//! sentence-transformers computes it). The student learns to predict these embeddings beside
+//! its tiers, which carries MiniLM's sense of what prompts mean into a model 30 times cheaper.
+//!
+//! The embeddings are cached under `training/work/`, keyed by a hash of each row's token ids,
+//! so a later run computes only rows it has not seen.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{layer_norm, linear, Embedding, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+
+use crate::data::Example;
+
+/// Width of MiniLM's sentence embeddings.
+pub const DIM: usize = 384;
+const HEADS: usize = 12;
+const LAYERS: usize = 6;
+const FFN: usize = 1536;
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    up: Linear,
+    down: Linear,
+    out_norm: LayerNorm,
+}
+
+/// all-MiniLM-L6-v2, inference only.
+pub struct Teacher {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    norm: LayerNorm,
+    layers: Vec<Layer>,
+}
+
+fn norm(vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+    let cfg = LayerNormConfig {
+        eps: 1e-12,
+        ..Default::default()
+    };
+    layer_norm(DIM, cfg, vb)
+}
+
+impl Teacher {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let path = dir.join("model.safetensors");
+        // SAFETY: the file is not modified while mapped (it is a downloaded package's data).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, device) }
+            .with_context(|| format!("loading {}", path.display()))?;
+        let emb = vb.pp("embeddings");
+        let layers = (0..LAYERS)
+            .map(|i| {
+                let l = vb.pp(format!("encoder.layer.{i}"));
+                let a = l.pp("attention");
+                Ok(Layer {
+                    query: linear(DIM, DIM, a.pp("self.query"))?,
+                    key: linear(DIM, DIM, a.pp("self.key"))?,
+                    value: linear(DIM, DIM, a.pp("self.value"))?,
+                    attn_out: linear(DIM, DIM, a.pp("output.dense"))?,
+                    attn_norm: norm(a.pp("output.LayerNorm"))?,
+                    up: linear(DIM, FFN, l.pp("intermediate.dense"))?,
+                    down: linear(FFN, DIM, l.pp("output.dense"))?,
+                    out_norm: norm(l.pp("output.LayerNorm"))?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            word: candle_nn::embedding(30522, DIM, emb.pp("word_embeddings"))?,
+            position: candle_nn::embedding(512, DIM, emb.pp("position_embeddings"))?,
+            token_type: candle_nn::embedding(2, DIM, emb.pp("token_type_embeddings"))?,
+            norm: norm(emb.pp("LayerNorm"))?,
+            layers,
+        })
+    }
+
+    /// Normalised sentence embeddings, `[batch, 384]`, for a padded batch.
+    pub fn embed(&self, batch: &triage::classifier::TokenBatch) -> Result<Tensor> {
+        let (b, t) = batch.ids.dims2()?;
+        let positions = Tensor::arange(0u32, t as u32, batch.ids.device())?;
+        let mut x = self
+            .word
+            .forward(&batch.ids)?
+            .broadcast_add(&self.position.forward(&positions)?)?
+            .add(&self.token_type.forward(&batch.type_ids)?)?;
+        x = self.norm.forward(&x)?;
+        let mask = ((batch.keep.ones_like()? - &batch.keep)? * -10_000.0)?.reshape((b, 1, 1, t))?;
+        let hd = DIM / HEADS;
+        let heads = |y: Tensor| -> candle_core::Result<Tensor> {
+            y.reshape((b, t, HEADS, hd))?.transpose(1, 2)?.contiguous()
+        };
+        for l in &self.layers {
+            let q = heads(l.query.forward(&x)?)?;
+            let k = heads(l.key.forward(&x)?)?;
+            let v = heads(l.value.forward(&x)?)?;
+            let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, DIM))?;
+            x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
+            let h = l.up.forward(&x)?.gelu_erf()?;
+            x = l.out_norm.forward(&(l.down.forward(&h)? + &x)?)?;
+        }
+        let keep = batch.keep.unsqueeze(2)?;
+        let pooled = x
+            .broadcast_mul(&keep)?
+            .sum(1)?
+            .broadcast_div(&keep.sum(1)?.clamp(1.0, f64::MAX)?)?;
+        let norms = pooled
+            .sqr()?
+            .sum_keepdim(D::Minus1)?
+            .sqrt()?
+            .clamp(1e-9, f64::MAX)?;
+        Ok(pooled.broadcast_div(&norms)?)
+    }
+}
+
+/// The teacher's embedding of every example, `[examples.len(), 384]`. Embeddings are cached
+/// in `cache_dir/teacher.safetensors` per distinct token sequence, so a run recomputes only
+/// the rows it has not seen before.
+pub fn embeddings(
+    base: &Path,
+    cache_dir: &Path,
+    examples: &[&Example],
+    device: &Device,
+) -> Result<Tensor> {
+    let key = |e: &Example| {
+        let mut hasher = DefaultHasher::new();
+        e.encoded.ids.hash(&mut hasher);
+        e.encoded.type_ids.hash(&mut hasher);
+        hasher.finish() as i64
+    };
+    let cache = cache_dir.join("teacher.safetensors");
+    let mut known: HashMap<i64, Vec<f32>> = HashMap::new();
+    if let Ok(t) = candle_core::safetensors::load(&cache, &Device::Cpu) {
+        if let (Some(keys), Some(emb)) = (t.get("keys"), t.get("embeddings")) {
+            let keys: Vec<i64> = keys.to_vec1()?;
+            let emb: Vec<Vec<f32>> = emb.to_vec2()?;
+            known.extend(keys.into_iter().zip(emb));
+        }
+    }
+    let keys: Vec<i64> = examples.iter().map(|e| key(e)).collect();
+    let mut missing: Vec<usize> = (0..examples.len())
+        .filter(|&i| !known.contains_key(&keys[i]))
+        .collect();
+    missing.sort_by_key(|&i| examples[i].encoded.ids.len());
+    missing.dedup_by_key(|i| keys[*i]);
+    eprintln!(
+        "teacher embeddings: {} rows cached, {} to compute",
+        examples.len() - missing.len(),
+        missing.len()
+    );
+    if !missing.is_empty() {
+        let teacher = Teacher::load(base, device)?;
+        let t0 = Instant::now();
+        for (n, chunk) in missing.chunks(32).enumerate() {
+            let rows: Vec<(&[u32], &[u32])> = chunk
+                .iter()
+                .map(|&i| {
+                    let e = &examples[i].encoded;
+                    (e.ids.as_slice(), e.type_ids.as_slice())
+                })
+                .collect();
+            let batch = triage::classifier::TokenBatch::new(&rows, device)?;
+            let emb: Vec<Vec<f32>> = teacher.embed(&batch)?.to_vec2()?;
+            for (&i, v) in chunk.iter().zip(emb) {
+                known.insert(keys[i], v);
+            }
+            if n % 100 == 99 {
+                eprintln!(
+                    "  teacher: {} of {} rows ({:.0} s)",
+                    (n + 1) * 32,
+                    missing.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        }
+        let (all_keys, all_emb): (Vec<i64>, Vec<Vec<f32>>) =
+            known.iter().map(|(k, v)| (*k, v.clone())).unzip();
+        let n = all_keys.len();
+        let flat: Vec<f32> = all_emb.into_iter().flatten().collect();
+        std::fs::create_dir_all(cache_dir)?;
+        let tensors: HashMap<String, Tensor> = [
+            (
+                "keys".to_string(),
+                Tensor::from_vec(all_keys, n, &Device::Cpu)?,
+            ),
+            (
+                "embeddings".to_string(),
+                Tensor::from_vec(flat, (n, DIM), &Device::Cpu)?,
+            ),
+        ]
+        .into_iter()
+        .collect();
+        candle_core::safetensors::save(&tensors, &cache)?;
+        eprintln!(
+            "teacher: {} rows in {:.0} s, cache {}",
+            missing.len(),
+            t0.elapsed().as_secs_f64(),
+            cache.display()
+        );
+    }
+    let mut out = Vec::with_capacity(examples.len() * DIM);
+    for k in &keys {
+        out.extend_from_slice(&known[k]);
+    }
+    Ok(Tensor::from_vec(out, (examples.len(), DIM), device)?)
+}
+
+/// Fits a linear tier classifier on the teacher's embeddings of the training rows and scores
+/// it on the other splits: how much a frozen MiniLM knows about the tiers, to compare the
+/// student with.
+pub fn probe(
+    train: (&Tensor, &[usize]),
+    sets: &[(&str, &Tensor, &[usize])],
+    class_weight: &[f32; 4],
+    device: &Device,
+) -> Result<()> {
+    use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let head = linear(DIM, 4, vb)?;
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: 1e-2,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let (x, y) = train;
+    let labels = Tensor::new(y.iter().map(|&l| l as u32).collect::<Vec<_>>(), device)?;
+    let weights: Vec<f32> = y.iter().map(|&l| class_weight[l]).collect();
+    let weights = Tensor::new(weights.as_slice(), device)?;
+    let wsum = weights.sum_all()?.to_scalar::<f32>()? as f64;
+    // Embeddings are unit vectors: scale them up so a linear head can be confident.
+    let x = (x * 10.0)?;
+    for _ in 0..400 {
+        let logp = candle_nn::ops::log_softmax(&head.forward(&x)?, D::Minus1)?
+            .gather(&labels.unsqueeze(1)?, 1)?
+            .squeeze(1)?;
+        let loss = (logp.mul(&weights)?.sum_all()?.neg()? / wsum)?;
+        opt.backward_step(&loss)?;
+    }
+    for (name, x, truth) in sets {
+        let logits: Vec<Vec<f32>> = head.forward(&(*x * 10.0)?)?.to_vec2()?;
+        let pred: Vec<usize> = logits
+            .iter()
+            .map(|l| crate::metrics::argmax(&[l[0], l[1], l[2], l[3]]))
+            .collect();
+        let m = crate::metrics::score(truth, &pred);
+        eprintln!(
+            "teacher probe on {name}: macro-F1 {:.3} (present tiers {:.3}), accuracy {:.3}",
+            m.macro_f1, m.macro_f1_present, m.accuracy
+        );
+    }
+    Ok(())
+}
