@@ -1,10 +1,12 @@
 //! The labelled rows written by `build_data.py`, tokenised for training and evaluation.
 
+use std::borrow::Borrow;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use serde::Deserialize;
-use triage::classifier::{Encoded, Prompt, PromptTokenizer, Tier};
+use triage::classifier::{Encoded, Prompt, PromptTokenizer, Tier, TokenBatch};
 
 /// One line of `data.jsonl`.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +33,22 @@ pub struct Example {
     pub weight: f32,
     pub source: String,
     pub prompt: Prompt,
+}
+
+/// The examples at `idx`, padded into one batch.
+pub fn token_batch<E: Borrow<Example>>(
+    examples: &[E],
+    idx: &[usize],
+    device: &Device,
+) -> Result<TokenBatch> {
+    let rows: Vec<(&[u32], &[u32])> = idx
+        .iter()
+        .map(|&i| {
+            let e = &examples[i].borrow().encoded;
+            (e.ids.as_slice(), e.type_ids.as_slice())
+        })
+        .collect();
+    Ok(TokenBatch::new(&rows, device)?)
 }
 
 pub fn read_rows(path: &Path) -> Result<Vec<Row>> {

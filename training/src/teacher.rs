@@ -163,14 +163,7 @@ pub fn embeddings(
         let teacher = Teacher::load(base, device)?;
         let t0 = Instant::now();
         for (n, chunk) in missing.chunks(32).enumerate() {
-            let rows: Vec<(&[u32], &[u32])> = chunk
-                .iter()
-                .map(|&i| {
-                    let e = &examples[i].encoded;
-                    (e.ids.as_slice(), e.type_ids.as_slice())
-                })
-                .collect();
-            let batch = triage::classifier::TokenBatch::new(&rows, device)?;
+            let batch = crate::data::token_batch(examples, chunk, device)?;
             let emb: Vec<Vec<f32>> = teacher.embed(&batch)?.to_vec2()?;
             for (&i, v) in chunk.iter().zip(emb) {
                 known.insert(keys[i], v);
@@ -241,14 +234,10 @@ pub fn probe(
     let labels = Tensor::new(y.iter().map(|&l| l as u32).collect::<Vec<_>>(), device)?;
     let weights: Vec<f32> = y.iter().map(|&l| class_weight[l]).collect();
     let weights = Tensor::new(weights.as_slice(), device)?;
-    let wsum = weights.sum_all()?.to_scalar::<f32>()? as f64;
     // Embeddings are unit vectors: scale them up so a linear head can be confident.
     let x = (x * 10.0)?;
     for _ in 0..400 {
-        let logp = candle_nn::ops::log_softmax(&head.forward(&x)?, D::Minus1)?
-            .gather(&labels.unsqueeze(1)?, 1)?
-            .squeeze(1)?;
-        let loss = (logp.mul(&weights)?.sum_all()?.neg()? / wsum)?;
+        let loss = crate::train::weighted_nll(&head.forward(&x)?, &labels, &weights)?;
         opt.backward_step(&loss)?;
     }
     for (name, x, truth) in sets {

@@ -13,11 +13,10 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use triage::classifier::{
-    EncoderConfig, Mode, ModelConfig, PromptTokenizer, Tier, TierModel, TokenBatch,
-    TruncationConfig,
+    EncoderConfig, Mode, ModelConfig, PromptTokenizer, Tier, TierModel, TruncationConfig,
 };
 
-use crate::data::{encode_rows, read_rows, Example, Rng};
+use crate::data::{encode_rows, read_rows, token_batch, Example, Rng};
 use crate::{card, metrics, teacher};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -162,20 +161,22 @@ pub fn encoder_config(hidden: usize, layers: usize) -> EncoderConfig {
     }
 }
 
+/// Mean negative log-likelihood of `labels` (u32, `[n]`) under `logits` (`[n, classes]`),
+/// each row weighted by `weights` (`[n]`).
+pub fn weighted_nll(logits: &Tensor, labels: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?
+        .gather(&labels.unsqueeze(1)?, 1)?
+        .squeeze(1)?;
+    Ok((logp.mul(weights)?.sum_all()?.neg()? / weights.sum_all()?.to_scalar::<f32>()? as f64)?)
+}
+
 /// Logits for every example, in batches of rows of similar length.
 pub fn predict(model: &TierModel, examples: &[Example], device: &Device) -> Result<Vec<[f32; 4]>> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| examples[i].encoded.ids.len());
     let mut out = vec![[0f32; 4]; examples.len()];
     for chunk in order.chunks(64) {
-        let rows: Vec<(&[u32], &[u32])> = chunk
-            .iter()
-            .map(|&i| {
-                let e = &examples[i].encoded;
-                (e.ids.as_slice(), e.type_ids.as_slice())
-            })
-            .collect();
-        let batch = TokenBatch::new(&rows, device)?;
+        let batch = token_batch(examples, chunk, device)?;
         let logits: Vec<Vec<f32>> = model.forward(&batch, Mode::Infer)?.to_vec2()?;
         for (&i, l) in chunk.iter().zip(logits) {
             out[i] = [l[0], l[1], l[2], l[3]];
@@ -330,14 +331,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 args.lr * (1.0 - (step - warmup) as f64 / (total_steps - warmup).max(1) as f64)
             };
             opt.set_learning_rate(lr.max(args.lr * 0.02));
-            let rows: Vec<(&[u32], &[u32])> = b
-                .iter()
-                .map(|&i| {
-                    let e = &train[i].encoded;
-                    (e.ids.as_slice(), e.type_ids.as_slice())
-                })
-                .collect();
-            let batch = TokenBatch::new(&rows, &device)?;
+            let batch = token_batch(&train, b, &device)?;
             let labels: Vec<u32> = b.iter().map(|&i| train[i].label as u32).collect();
             let weights: Vec<f32> = b
                 .iter()
@@ -350,11 +344,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             };
             let pooled = model.pooled(&batch, mode)?;
             let logits = model.head(&pooled, mode)?;
-            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?
-                .gather(&labels.unsqueeze(1)?, 1)?
-                .squeeze(1)?;
-            let mut loss = (logp.mul(&weights)?.sum_all()?.neg()?
-                / weights.sum_all()?.to_scalar::<f32>()? as f64)?;
+            let mut loss = weighted_nll(&logits, &labels, &weights)?;
             if let Some((emb, proj, _)) = &distill {
                 let idx: Vec<u32> = b.iter().map(|&i| i as u32).collect();
                 let target = emb.index_select(&Tensor::new(idx.as_slice(), &device)?, 0)?;
