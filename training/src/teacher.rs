@@ -149,11 +149,12 @@ pub fn embeddings(
         }
     }
     let keys: Vec<i64> = examples.iter().map(|e| key(e)).collect();
+    // Each distinct sequence once (duplicates are not adjacent once sorted by length).
+    let mut queued = std::collections::HashSet::new();
     let mut missing: Vec<usize> = (0..examples.len())
-        .filter(|&i| !known.contains_key(&keys[i]))
+        .filter(|&i| !known.contains_key(&keys[i]) && queued.insert(keys[i]))
         .collect();
     missing.sort_by_key(|&i| examples[i].encoded.ids.len());
-    missing.dedup_by_key(|i| keys[*i]);
     eprintln!(
         "teacher embeddings: {} rows cached, {} to compute",
         examples.len() - missing.len(),
