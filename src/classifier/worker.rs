@@ -353,10 +353,24 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     /// Answers `easy` for every prompt; fails prompts whose text is "fail"; panics on "panic".
-    /// Records batch sizes.
+    /// Records batch sizes. While `hold` is set, a batch waits inside the model, with
+    /// `holding` set.
     struct FakeModel {
         sizes: Mutex<Vec<usize>>,
         hold: AtomicBool,
+        holding: AtomicBool,
+    }
+
+    /// Waits (bounded) until the worker has taken a batch and is blocked in the model, so that
+    /// whatever is submitted next stays queued.
+    fn wait_until_held(model: &FakeModel) {
+        for _ in 0..5000 {
+            if model.holding.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("the worker never entered the model");
     }
 
     fn prediction() -> Prediction {
@@ -374,8 +388,10 @@ mod tests {
     impl BatchClassifier for FakeModel {
         fn classify_batch(&self, prompts: &[Prompt]) -> Result<Vec<Prediction>, ClassifierError> {
             while self.hold.load(Ordering::SeqCst) {
+                self.holding.store(true, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(1));
             }
+            self.holding.store(false, Ordering::SeqCst);
             self.sizes.lock().unwrap().push(prompts.len());
             if prompts.iter().any(|p| p.text == "panic") {
                 panic!("boom");
@@ -391,6 +407,7 @@ mod tests {
         Arc::new(FakeModel {
             sizes: Mutex::new(Vec::new()),
             hold: AtomicBool::new(hold),
+            holding: AtomicBool::new(false),
         })
     }
 
@@ -416,13 +433,7 @@ mod tests {
         let model = fake(true);
         let worker = ClassifierWorker::spawn(model.clone(), config(64), None).unwrap();
         let first = worker.submit(Prompt::text("a")).unwrap();
-        // Wait (bounded) for the worker to take the first request and block in the model.
-        for _ in 0..5000 {
-            if worker.queue_depth() == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until_held(&model);
         let rest: Vec<_> = (0..5)
             .map(|i| worker.submit(Prompt::text(format!("p{i}"))).unwrap())
             .collect();
@@ -496,12 +507,7 @@ mod tests {
         model.hold.store(true, Ordering::SeqCst);
         let rt = runtime();
         let first = worker.submit(Prompt::text("first")).unwrap();
-        for _ in 0..5000 {
-            if worker.queue_depth() == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until_held(&model);
         // The queue is empty, so one more is admitted; behind it the wait would be ~50 ms.
         let second = worker.submit(Prompt::text("second")).unwrap();
         match worker.submit(Prompt::text("third")) {
