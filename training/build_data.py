@@ -348,8 +348,11 @@ class Builder:
                     text = msgs[last]["content"]
                 else:
                     text, ctx = row["text"], ""
+                # Rows of one pair (the same request with and without its material) share a
+                # group, so they land on the same side of every split.
+                group = "own:" + str(row.get("pair") or row.get("id", line_no))
                 self.add("own/" + base, row.get("id", line_no), text, row["tier"],
-                         group="own:" + str(row.get("id", line_no)), context=ctx, weight=2.0)
+                         group=group, context=ctx, weight=2.0)
 
     # ---- assembly ----------------------------------------------------------------------
 
