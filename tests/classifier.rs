@@ -5,7 +5,10 @@
 use std::sync::OnceLock;
 
 use candle_core::Device;
-use triage::classifier::{default_model_dir, Classifier, ClassifierError, Prompt, Tier, Turn};
+use triage::classifier::{
+    default_model_dir, Classifier, ClassifierError, Prompt, PromptTokenizer, Tier,
+    TruncationConfig, Turn,
+};
 
 fn classifier() -> &'static Classifier {
     static C: OnceLock<Classifier> = OnceLock::new();
@@ -26,6 +29,31 @@ fn short_prompt_is_wrapped_in_special_tokens_and_not_truncated() {
     assert!(enc.type_ids.iter().all(|&t| t == 0));
     assert!(!enc.truncated);
     assert!(enc.ids.len() < 16);
+}
+
+#[test]
+fn line_breaks_are_read_as_one_mark_when_the_model_asks_for_them() {
+    let path = default_model_dir().join("tokenizer.json");
+    let tokenizer = |mark_line_breaks| {
+        let cfg = TruncationConfig {
+            mark_line_breaks,
+            ..TruncationConfig::default()
+        };
+        PromptTokenizer::from_file(&path, cfg).unwrap()
+    };
+    let (marked, plain) = (tokenizer(true), tokenizer(false));
+    let ids = |t: &PromptTokenizer, s: &str| t.encode(&Prompt::text(s)).unwrap().ids;
+    let with_material = "Rewrite this sentence:\n\n  We found it.\nThanks";
+    let run_on = "Rewrite this sentence: We found it. Thanks";
+    // Without marks the tokenizer drops the line breaks: the two texts read the same.
+    assert_eq!(ids(&plain, with_material), ids(&plain, run_on));
+    // With them, each run of line breaks is one token, and nothing else changes.
+    let mark = ids(&marked, "\u{b6}")[1];
+    let got = ids(&marked, with_material);
+    assert_eq!(got.iter().filter(|&&id| id == mark).count(), 2);
+    let without: Vec<u32> = got.iter().copied().filter(|&id| id != mark).collect();
+    assert_eq!(without, ids(&plain, run_on));
+    assert_eq!(ids(&marked, run_on), ids(&plain, run_on));
 }
 
 #[test]

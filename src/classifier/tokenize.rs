@@ -23,6 +23,12 @@ pub struct TruncationConfig {
     pub head_tokens: usize,
     /// At most this many tokens of earlier conversation (segment B).
     pub context_tokens: usize,
+    /// Whether each line break (a run of whitespace holding one or more newlines) is read as a
+    /// `¶` token. The WordPiece pre-tokenizer drops whitespace, so without it "Rewrite this
+    /// sentence:\n\nWe found ..." reads the same as an instruction that runs on with no
+    /// material. Models trained before this field existed lack it: false.
+    #[serde(default)]
+    pub mark_line_breaks: bool,
 }
 
 impl Default for TruncationConfig {
@@ -31,6 +37,7 @@ impl Default for TruncationConfig {
             max_tokens: 128,
             head_tokens: 64,
             context_tokens: 40,
+            mark_line_breaks: true,
         }
     }
 }
@@ -176,6 +183,11 @@ impl PromptTokenizer {
     ) -> Result<(Vec<u32>, bool), ClassifierError> {
         let budget = (head + tail) * BYTES_PER_TOKEN;
         let (clipped, mut truncated) = clip_middle(text, head * BYTES_PER_TOKEN, budget);
+        let clipped = if self.config.mark_line_breaks {
+            mark_line_breaks(clipped)
+        } else {
+            clipped
+        };
         let encoding = self
             .tokenizer
             .encode(clipped.as_ref(), false)
@@ -230,6 +242,27 @@ impl PromptTokenizer {
     }
 }
 
+/// The mark read for a line break: BERT's vocabulary has it as a token of its own.
+pub const LINE_BREAK: char = '\u{b6}';
+
+/// Replaces each run of whitespace that holds a newline with ` ¶ `.
+fn mark_line_breaks(text: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\n', '\r']) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut rest: &str = &text;
+    while let Some(start) = rest.find(['\n', '\r']) {
+        out.push_str(rest[..start].trim_end());
+        out.push(' ');
+        out.push(LINE_BREAK);
+        out.push(' ');
+        rest = rest[start..].trim_start();
+    }
+    out.push_str(rest);
+    out.into()
+}
+
 /// Keeps the first `head` bytes and the last `budget - head` bytes of `text` (on character
 /// boundaries), joined by a space, when it is longer than `budget`.
 fn clip_middle(text: &str, head: usize, budget: usize) -> (std::borrow::Cow<'_, str>, bool) {
@@ -263,6 +296,17 @@ mod tests {
         assert!(truncated);
         assert!(clipped.len() <= 23);
         assert!(clipped.starts_with('é') && clipped.ends_with('é'));
+    }
+
+    #[test]
+    fn line_breaks_become_one_mark_per_run() {
+        let mark = |s: &str| mark_line_breaks(s.into()).into_owned();
+        assert_eq!(mark("one line"), "one line");
+        assert_eq!(
+            mark("Rewrite this:\n\n  We found it.\r\nDone\n"),
+            "Rewrite this: \u{b6} We found it. \u{b6} Done \u{b6} "
+        );
+        assert_eq!(mark("\n\nhi"), " \u{b6} hi");
     }
 
     #[test]

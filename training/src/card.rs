@@ -191,7 +191,7 @@ pub fn write(input: &CardInput) -> Result<()> {
          BERT-style encoder ({} heads, FFN {}), mean pooling and a two-layer head, trained with candle-nn; \
          embeddings initialised from all-MiniLM-L6-v2 (Apache-2.0) projected to {} dimensions by PCA, word \
          table {}. Weights stored as f16, loaded as f32. Reads at most {} tokens: the prompt's first {} \
-         and last {} when it is longer, plus up to {} tokens of earlier conversation as a second segment.\n",
+         and last {} when it is longer, plus up to {} tokens of earlier conversation as a second segment.{}\n",
         cfg.num_layers,
         cfg.hidden_size,
         cfg.num_heads,
@@ -202,6 +202,13 @@ pub fn write(input: &CardInput) -> Result<()> {
         input.config.truncation.head_tokens,
         input.config.truncation.max_tokens - input.config.truncation.head_tokens - 2,
         input.config.truncation.context_tokens,
+        if input.config.truncation.mark_line_breaks {
+            " Each line break is read as a `\u{b6}` token (the tokenizer would drop it), so an \
+             instruction followed by its material on the next lines reads apart from one that \
+             only runs on."
+        } else {
+            ""
+        },
     )?;
     writeln!(s, "## How it was made\n")?;
     writeln!(
