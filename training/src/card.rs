@@ -23,6 +23,8 @@ pub struct CardInput<'a> {
     pub test: &'a [Example],
     pub heldout: &'a [Example],
     pub best_epoch: usize,
+    /// Validation macro-F1 of the weights written.
+    pub best_f1: f64,
     pub train_secs: f64,
     pub train_len: usize,
 }
@@ -220,19 +222,38 @@ pub fn write(input: &CardInput) -> Result<()> {
             &input.args.command
         }
     )?;
+    let training = if input.args.average.is_empty() {
+        format!(
+            "{} epochs of AdamW (lr {}, batch {}, dropout {}), class-balanced loss; best epoch by \
+             validation macro-F1: {}. Training took {:.0} s on {} training rows (CPU).",
+            input.args.epochs,
+            input.args.lr,
+            input.args.batch,
+            input.args.dropout,
+            input.best_epoch,
+            input.train_secs,
+            input.train_len,
+        )
+    } else {
+        format!(
+            "Weights: the element-wise mean of {} models (a model soup), each fine-tuned from the \
+             same weights with its own seed: {}. No further training; validation macro-F1 of the \
+             mean: {:.3}.",
+            input.args.average.len(),
+            input
+                .args
+                .average
+                .iter()
+                .map(|p| format!("`{}`", p.display()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            input.best_f1,
+        )
+    };
     writeln!(
         s,
-        "{} epochs of AdamW (lr {}, batch {}, dropout {}), class-balanced loss; best epoch by validation \
-         macro-F1: {}. Training took {:.0} s on {} training rows (CPU). Temperature fitted on the validation \
-         split: **{:.2}** (validation NLL {:.3} -> {:.3}). Default confidence threshold: {} (below it the answer \
-         is `needs_info`).\n",
-        input.args.epochs,
-        input.args.lr,
-        input.args.batch,
-        input.args.dropout,
-        input.best_epoch,
-        input.train_secs,
-        input.train_len,
+        "{training} Temperature fitted on the validation split: **{:.2}** (validation NLL {:.3} -> \
+         {:.3}). Default confidence threshold: {} (below it the answer is `needs_info`).\n",
         t,
         metrics::nll(input.val_logits, &val_truth, 1.0),
         metrics::nll(input.val_logits, &val_truth, t),

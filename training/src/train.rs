@@ -52,6 +52,10 @@ pub struct TrainArgs {
     /// model this command wrote before).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Instead of training, average the weights of these model directories (runs fine-tuned from
+    /// one start with different seeds: a "model soup") and evaluate and write the mean.
+    #[arg(long, num_args = 1.., conflicts_with = "resume")]
+    pub average: Vec<PathBuf>,
     /// Class weights are (rows of the largest class / rows of the class) raised to this power:
     /// 1 balances the tiers fully, 0 ignores their sizes.
     #[arg(long, default_value_t = 0.5)]
@@ -200,6 +204,46 @@ fn make_batches(examples: &[Example], batch: usize, rng: &mut Rng) -> Vec<Vec<us
     batches
 }
 
+/// A copy of every variable's current value.
+fn snapshot(varmap: &VarMap) -> Result<BTreeMap<String, Tensor>> {
+    varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect()
+}
+
+/// Sets every variable of `varmap` to the mean of its value in the model directories `dirs`,
+/// which must all hold exactly the variables `varmap` has, in its shapes.
+fn average_into(varmap: &mut VarMap, dirs: &[PathBuf], device: &Device) -> Result<()> {
+    let mut sums: BTreeMap<String, Tensor> = BTreeMap::new();
+    for dir in dirs {
+        let path = dir.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&path, device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        if tensors.len() != varmap.data().lock().expect("varmap lock").len() {
+            anyhow::bail!("{} does not hold this model's variables", path.display());
+        }
+        for (name, t) in tensors {
+            let t = t.to_dtype(DType::F32)?;
+            let sum = match sums.remove(&name) {
+                Some(s) => (s + t)?,
+                None => t,
+            };
+            sums.insert(name, sum);
+        }
+    }
+    for (name, sum) in sums {
+        varmap
+            .set_one(&name, (sum / dirs.len() as f64)?)
+            .with_context(|| format!("{name} in the averaged models"))?;
+    }
+    eprintln!("averaged the weights of {} models", dirs.len());
+    Ok(())
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let device = Device::Cpu;
     let mut rng = Rng::new(args.seed);
@@ -267,7 +311,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     // The teacher's embeddings of the training rows, and the projection from the student's
     // width to the teacher's (trained, never saved).
-    let distill = if args.distill_weight > 0.0 {
+    let distill = if args.distill_weight > 0.0 && args.average.is_empty() {
         let refs: Vec<&Example> = train.iter().collect();
         let emb = teacher::embeddings(&args.base, cache_dir, &refs, &device)?;
         let aux = VarMap::new();
@@ -295,6 +339,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         eprintln!("resumed from {}", dir.display());
     }
+    if !args.average.is_empty() {
+        average_into(&mut varmap, &args.average, &device)?;
+    }
     if !args.train_word_embeddings {
         model.freeze_word_embeddings();
     }
@@ -321,7 +368,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut best: Option<(f64, usize, BTreeMap<String, Tensor>)> = None;
     let val_truth: Vec<usize> = val.iter().map(|e| e.label).collect();
     let t_train = Instant::now();
-    for epoch in 0..args.epochs {
+    let epochs = if args.average.is_empty() {
+        args.epochs
+    } else {
+        0
+    };
+    for epoch in 0..epochs {
         let mut epoch_loss = 0f64;
         let batches = make_batches(&train, args.batch, &mut rng);
         for b in &batches {
@@ -376,17 +428,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
             m.accuracy
         );
         if best.as_ref().is_none_or(|(f1, _, _)| m.macro_f1 > *f1) {
-            let snapshot = varmap
-                .data()
-                .lock()
-                .expect("varmap lock")
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
-                .collect::<Result<BTreeMap<_, _>>>()?;
-            best = Some((m.macro_f1, epoch + 1, snapshot));
+            best = Some((m.macro_f1, epoch + 1, snapshot(&varmap)?));
         }
     }
     let train_secs = t_train.elapsed().as_secs_f64();
+    if best.is_none() && !args.average.is_empty() {
+        let val_pred: Vec<usize> = predict(&model, &val, &device)?
+            .iter()
+            .map(metrics::argmax)
+            .collect();
+        let f1 = metrics::score(&val_truth, &val_pred).macro_f1;
+        best = Some((f1, 0, snapshot(&varmap)?));
+    }
     let (best_f1, best_epoch, snapshot) = best.context("no epochs ran")?;
     for (name, t) in &snapshot {
         varmap.set_one(name, t)?;
@@ -418,8 +471,51 @@ pub fn run(args: TrainArgs) -> Result<()> {
         test: &test,
         heldout: &heldout,
         best_epoch,
+        best_f1,
         train_secs,
         train_len: train.len(),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_dir(name: &str, a: &[f32], b: f32) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "triage-train-average-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tensors = std::collections::HashMap::from([
+            ("a".to_string(), Tensor::new(a, &Device::Cpu).unwrap()),
+            ("b".to_string(), Tensor::new(&[b], &Device::Cpu).unwrap()),
+        ]);
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn average_is_the_element_wise_mean_and_rejects_other_shapes() {
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        vb.get(2, "a").unwrap();
+        vb.get(1, "b").unwrap();
+        let one = model_dir("one", &[1.0, 2.0], 3.0);
+        let two = model_dir("two", &[3.0, 6.0], -3.0);
+        average_into(&mut varmap, &[one.clone(), two.clone()], &Device::Cpu).unwrap();
+        let got = snapshot(&varmap).unwrap();
+        assert_eq!(got["a"].to_vec1::<f32>().unwrap(), [2.0, 4.0]);
+        assert_eq!(got["b"].to_vec1::<f32>().unwrap(), [0.0]);
+
+        let wide = model_dir("wide", &[1.0, 2.0, 3.0], 0.0);
+        assert!(average_into(&mut varmap, &[one.clone(), wide.clone()], &Device::Cpu).is_err());
+        let missing = std::env::temp_dir().join("triage-train-average-missing");
+        let err = average_into(&mut varmap, &[missing], &Device::Cpu).unwrap_err();
+        assert!(format!("{err:#}").contains("model.safetensors"), "{err:#}");
+        for dir in [one, two, wide] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
 }
