@@ -216,7 +216,8 @@ fn snapshot(varmap: &VarMap) -> Result<BTreeMap<String, Tensor>> {
 }
 
 /// Sets every variable of `varmap` to the mean of its value in the model directories `dirs`,
-/// which must all hold exactly the variables `varmap` has, in its shapes.
+/// which must all hold exactly the variables `varmap` has, in its shapes (one directory: its
+/// weights, as `--resume` loads them).
 fn average_into(varmap: &mut VarMap, dirs: &[PathBuf], device: &Device) -> Result<()> {
     let mut sums: BTreeMap<String, Tensor> = BTreeMap::new();
     for dir in dirs {
@@ -240,7 +241,6 @@ fn average_into(varmap: &mut VarMap, dirs: &[PathBuf], device: &Device) -> Resul
             .set_one(&name, (sum / dirs.len() as f64)?)
             .with_context(|| format!("{name} in the averaged models"))?;
     }
-    eprintln!("averaged the weights of {} models", dirs.len());
     Ok(())
 }
 
@@ -331,16 +331,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut model = TierModel::load(vb, &cfg)?;
     init_embeddings(&mut varmap, &args.base, args.hidden, &mut rng)?;
     if let Some(dir) = &args.resume {
-        let path = dir.join("model.safetensors");
-        let tensors = candle_core::safetensors::load(&path, &device)
-            .with_context(|| format!("loading {}", path.display()))?;
-        for (name, t) in tensors {
-            varmap.set_one(&name, t.to_dtype(DType::F32)?)?;
-        }
+        average_into(&mut varmap, std::slice::from_ref(dir), &device)?;
         eprintln!("resumed from {}", dir.display());
     }
     if !args.average.is_empty() {
         average_into(&mut varmap, &args.average, &device)?;
+        eprintln!("averaged the weights of {} models", args.average.len());
     }
     if !args.train_word_embeddings {
         model.freeze_word_embeddings();
@@ -368,9 +364,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut best: Option<(f64, usize, BTreeMap<String, Tensor>)> = None;
     let val_truth: Vec<usize> = val.iter().map(|e| e.label).collect();
     let t_train = Instant::now();
+    // Averaged weights are scored as they are; training would undo the average.
     let epochs = if args.average.is_empty() {
         args.epochs
     } else {
+        let val_pred: Vec<usize> = predict(&model, &val, &device)?
+            .iter()
+            .map(metrics::argmax)
+            .collect();
+        let f1 = metrics::score(&val_truth, &val_pred).macro_f1;
+        best = Some((f1, 0, snapshot(&varmap)?));
         0
     };
     for epoch in 0..epochs {
@@ -432,14 +435,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     }
     let train_secs = t_train.elapsed().as_secs_f64();
-    if best.is_none() && !args.average.is_empty() {
-        let val_pred: Vec<usize> = predict(&model, &val, &device)?
-            .iter()
-            .map(metrics::argmax)
-            .collect();
-        let f1 = metrics::score(&val_truth, &val_pred).macro_f1;
-        best = Some((f1, 0, snapshot(&varmap)?));
-    }
     let (best_f1, best_epoch, snapshot) = best.context("no epochs ran")?;
     for (name, t) in &snapshot {
         varmap.set_one(name, t)?;
