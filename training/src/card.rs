@@ -236,10 +236,8 @@ pub fn write(input: &CardInput) -> Result<()> {
         )
     } else {
         format!(
-            "Weights: the element-wise mean of {} models (a model soup), each fine-tuned from the \
-             same weights with its own seed: {}. No further training; validation macro-F1 of the \
-             mean: {:.3}.",
-            input.args.average.len(),
+            "Weights: the element-wise mean of the weights in {} (a model soup). No further \
+             training; validation macro-F1 of the mean: {:.3}.",
             input
                 .args
                 .average
