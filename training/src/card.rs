@@ -257,7 +257,20 @@ pub fn write(input: &CardInput) -> Result<()> {
         metrics::nll(input.val_logits, &val_truth, t),
         input.config.threshold
     )?;
-    if input.args.distill_weight > 0.0 {
+    if input.args.teacher.is_some() {
+        writeln!(
+            s,
+            "Distilled from all-MiniLM-L6-v2 fine-tuned on the tiers (`triage-train finetune-teacher`: \
+             its top layers and a linear head trained on the same training rows, the lower layers kept). \
+             Beside the tier loss, the student matches the tuned teacher's tier probabilities at \
+             temperature {} (weight {}) and predicts its sentence embedding of each training prompt \
+             (cosine loss, weight {}, through a {} -> 384 projection that is dropped after training).\n",
+            input.args.soft_temperature,
+            input.args.soft_weight,
+            input.args.distill_weight,
+            cfg.hidden_size
+        )?;
+    } else if input.args.distill_weight > 0.0 {
         writeln!(
             s,
             "Distilled from all-MiniLM-L6-v2: beside the tier loss, the student predicts MiniLM's sentence \

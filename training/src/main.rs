@@ -3,6 +3,7 @@
 mod baseline;
 mod card;
 mod data;
+mod finetune;
 mod metrics;
 mod modeldir;
 mod teacher;
@@ -28,6 +29,9 @@ struct Cli {
 enum Command {
     /// Train the tier model on build_data.py's rows and write the model directory and card.
     Train(train::TrainArgs),
+    /// Fine-tune all-MiniLM-L6-v2's top layers on the tiers and write every row's tier logits
+    /// and embeddings, a teacher for `train --teacher`.
+    FinetuneTeacher(finetune::FinetuneArgs),
     /// Write an untrained model directory (random weights), for development of the loading code.
     Init {
         #[arg(long)]
@@ -51,6 +55,7 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args)?,
+        Command::FinetuneTeacher(args) => finetune::run(args)?,
         Command::Init {
             out,
             tokenizer,

@@ -74,6 +74,16 @@ pub struct TrainArgs {
     /// not kept). 0 trains on the tiers alone.
     #[arg(long, default_value_t = 0.0)]
     pub distill_weight: f32,
+    /// A fine-tuned teacher (the directory `finetune-teacher` wrote): the student distils its
+    /// sentence embeddings instead of the stock MiniLM's, and with `--soft-weight` its tiers.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// Weight of the loss that has the student match the fine-tuned teacher's tier
+    /// probabilities (softened by `--soft-temperature`) beside the labels.
+    #[arg(long, default_value_t = 0.0, requires = "teacher")]
+    pub soft_weight: f32,
+    #[arg(long, default_value_t = 2.0)]
+    pub soft_temperature: f32,
     /// Only fit a linear probe on the teacher's embeddings and report its scores.
     #[arg(long)]
     pub probe_teacher: bool,
@@ -191,7 +201,7 @@ pub fn predict(model: &TierModel, examples: &[Example], device: &Device) -> Resu
 
 /// Batches of indices into `examples`: shuffled, then sorted by length within windows so that
 /// each batch pads little, then the batches shuffled.
-fn make_batches(examples: &[Example], batch: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+pub(crate) fn make_batches(examples: &[Example], batch: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..examples.len()).collect();
     rng.shuffle(&mut idx);
     let mut batches = Vec::new();
@@ -313,7 +323,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // width to the teacher's (trained, never saved).
     let distill = if args.distill_weight > 0.0 && args.average.is_empty() {
         let refs: Vec<&Example> = train.iter().collect();
-        let emb = teacher::embeddings(&args.base, cache_dir, &refs, &device)?;
+        let emb = match &args.teacher {
+            Some(dir) => teacher::tuned_outputs(dir, &refs, &device)?.0,
+            None => teacher::embeddings(&args.base, cache_dir, &refs, &device)?,
+        };
         let aux = VarMap::new();
         let proj = candle_nn::linear(
             args.hidden,
@@ -323,6 +336,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some((emb, proj, aux))
     } else {
         None
+    };
+
+    if args.soft_temperature.is_nan() || args.soft_temperature <= 0.0 {
+        anyhow::bail!("--soft-temperature must be above 0");
+    }
+    // The fine-tuned teacher's tier probabilities at the soft temperature.
+    let soft = match &args.teacher {
+        Some(dir) if args.soft_weight > 0.0 => {
+            let refs: Vec<&Example> = train.iter().collect();
+            let logits = teacher::tuned_outputs(dir, &refs, &device)?.1;
+            Some(candle_nn::ops::softmax(
+                &(logits / args.soft_temperature as f64)?,
+                D::Minus1,
+            )?)
+        }
+        _ => None,
     };
 
     let cfg = encoder_config(args.hidden, args.layers);
@@ -408,6 +437,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 let cos = pred.broadcast_div(&norm)?.mul(&target)?.sum(1)?;
                 let distance = (1.0 - cos)?.mean_all()?;
                 loss = (loss + (distance * args.distill_weight as f64)?)?;
+            }
+            if let Some(probs) = &soft {
+                let idx: Vec<u32> = b.iter().map(|&i| i as u32).collect();
+                let target = probs.index_select(&Tensor::new(idx.as_slice(), &device)?, 0)?;
+                let t = args.soft_temperature as f64;
+                let logp = candle_nn::ops::log_softmax(&(&logits / t)?, D::Minus1)?;
+                let ce = (target.mul(&logp)?.sum(1)?.mean_all()?.neg()? * (t * t))?;
+                loss = (loss + (ce * args.soft_weight as f64)?)?;
             }
             opt.backward_step(&loss)?;
             epoch_loss += loss.to_scalar::<f32>()? as f64;
