@@ -161,16 +161,7 @@ fn report(name: &str, set: &[Example], logits: &[[f32; 4]]) -> metrics::Metrics 
 type Snapshot = Vec<BTreeMap<String, Tensor>>;
 
 fn snapshot(maps: &[&VarMap]) -> Result<Snapshot> {
-    maps.iter()
-        .map(|m| {
-            m.data()
-                .lock()
-                .expect("varmap lock")
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
-                .collect()
-        })
-        .collect()
+    maps.iter().map(|m| train::snapshot(m)).collect()
 }
 
 pub fn run(args: FinetuneArgs) -> Result<()> {
@@ -199,14 +190,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         ("held-out", encode_rows(&split("heldout"), &tokenizer)?),
     ];
     let train = &sets[0].1;
-    let mut class_weight = [0f32; 4];
-    for e in train {
-        class_weight[e.label] += e.weight;
-    }
-    let total: f32 = class_weight.iter().sum();
-    for w in &mut class_weight {
-        *w = (total / (4.0 * w.max(1.0))).powf(args.class_weight_power);
-    }
+    let class_weight = train::class_weights(train, args.class_weight_power);
 
     let bert = VarMap::new();
     let mut bert_mut = bert.clone();

@@ -382,6 +382,17 @@ mod tests {
         .unwrap()
     }
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn training_pass_matches_serving_and_reaches_every_layer_norm() {
         let varmap = VarMap::new();
@@ -390,28 +401,14 @@ mod tests {
         let b = batch();
         let served = t.lower(&b, LAYERS, Mode::Infer).unwrap();
         let trained = t.lower(&b, LAYERS, Mode::Train { dropout: 0.0 }).unwrap();
-        let diff = (served - &trained)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&served, &trained);
         assert!(diff < 1e-4, "train and serve passes differ by {diff}");
 
         // Frozen lower layers, then the top ones: the same as one pass.
         let low = t.lower(&b, 3, Mode::Infer).unwrap();
         let split = t.upper(low, &b.keep, 3..LAYERS, Mode::Infer).unwrap();
         let whole = t.lower(&b, LAYERS, Mode::Infer).unwrap();
-        let diff = (split - whole)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&split, &whole);
         assert!(diff < 1e-5, "split pass differs by {diff}");
 
         let loss = mean_pool(&trained, &b.keep)

@@ -214,8 +214,21 @@ pub(crate) fn make_batches(examples: &[Example], batch: usize, rng: &mut Rng) ->
     batches
 }
 
+/// Per-tier loss weights: (weight of all rows / (4 x weight of the tier's rows)) ^ `power`.
+pub(crate) fn class_weights(train: &[Example], power: f32) -> [f32; 4] {
+    let mut class_weight = [0f32; 4];
+    for e in train {
+        class_weight[e.label] += e.weight;
+    }
+    let total: f32 = class_weight.iter().sum();
+    for w in &mut class_weight {
+        *w = (total / (4.0 * w.max(1.0))).powf(power);
+    }
+    class_weight
+}
+
 /// A copy of every variable's current value.
-fn snapshot(varmap: &VarMap) -> Result<BTreeMap<String, Tensor>> {
+pub(crate) fn snapshot(varmap: &VarMap) -> Result<BTreeMap<String, Tensor>> {
     varmap
         .data()
         .lock()
@@ -282,14 +295,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     // Tempered class balance: the rare tiers (hard, needs_info) weigh more, but not so much that
     // the model learns to over-predict them.
-    let mut class_weight = [0f32; 4];
-    for e in &train {
-        class_weight[e.label] += e.weight;
-    }
-    let total: f32 = class_weight.iter().sum();
-    for w in &mut class_weight {
-        *w = (total / (4.0 * w.max(1.0))).powf(args.class_weight_power);
-    }
+    let class_weight = class_weights(&train, args.class_weight_power);
 
     let cache_dir = args.data.parent().unwrap_or(Path::new("."));
     if args.probe_teacher {
