@@ -263,10 +263,15 @@ pub fn write(input: &CardInput) -> Result<()> {
             "Distilled from all-MiniLM-L6-v2 fine-tuned on the tiers (`triage-train finetune-teacher`: \
              its top layers and a linear head trained on the same training rows, the lower layers kept). \
              Beside the tier loss, the student matches the tuned teacher's tier probabilities at \
-             temperature {} (weight {}) and predicts its sentence embedding of each training prompt \
+             temperature {} (weight {}) and predicts {} sentence embedding of each training prompt \
              (cosine loss, weight {}, through a {} -> 384 projection that is dropped after training).\n",
             input.args.soft_temperature,
             input.args.soft_weight,
+            if input.args.base_embeddings {
+                "the stock MiniLM's"
+            } else {
+                "its"
+            },
             input.args.distill_weight,
             cfg.hidden_size
         )?;

@@ -84,6 +84,10 @@ pub struct TrainArgs {
     pub soft_weight: f32,
     #[arg(long, default_value_t = 2.0)]
     pub soft_temperature: f32,
+    /// With `--teacher`, distil the stock MiniLM's sentence embeddings (as without a teacher)
+    /// and take only the tier probabilities from the fine-tuned one.
+    #[arg(long, requires = "teacher")]
+    pub base_embeddings: bool,
     /// Only fit a linear probe on the teacher's embeddings and report its scores.
     #[arg(long)]
     pub probe_teacher: bool,
@@ -330,8 +334,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let distill = if args.distill_weight > 0.0 && args.average.is_empty() {
         let refs: Vec<&Example> = train.iter().collect();
         let emb = match &args.teacher {
-            Some(dir) => teacher::tuned_outputs(dir, &refs, &device)?.0,
-            None => teacher::embeddings(&args.base, cache_dir, &refs, &device)?,
+            Some(dir) if !args.base_embeddings => teacher::tuned_outputs(dir, &refs, &device)?.0,
+            _ => teacher::embeddings(&args.base, cache_dir, &refs, &device)?,
         };
         let aux = VarMap::new();
         let proj = candle_nn::linear(
