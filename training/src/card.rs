@@ -275,6 +275,13 @@ pub fn write(input: &CardInput) -> Result<()> {
             input.args.distill_weight,
             cfg.hidden_size
         )?;
+        if input.args.soft_needs_info_gold_only {
+            writeln!(
+                s,
+                "The teacher's `needs_info` probability was kept only on rows labelled `needs_info`; \
+                 on the others it was moved to the row's label.\n"
+            )?;
+        }
     } else if input.args.distill_weight > 0.0 {
         writeln!(
             s,

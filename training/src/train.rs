@@ -88,12 +88,34 @@ pub struct TrainArgs {
     /// and take only the tier probabilities from the fine-tuned one.
     #[arg(long, requires = "teacher")]
     pub base_embeddings: bool,
+    /// With `--soft-weight`, the teacher's `needs_info` probability counts only on rows
+    /// labelled `needs_info`; on every other row it moves to the row's own label. The tuned
+    /// teacher gives short, complete easy prompts needs_info mass that the student copies.
+    #[arg(long, requires = "soft_weight")]
+    pub soft_needs_info_gold_only: bool,
     /// Only fit a linear probe on the teacher's embeddings and report its scores.
     #[arg(long)]
     pub probe_teacher: bool,
     /// The command line to record in the card (set by the wrapper script).
     #[arg(long, env = "TRIAGE_TRAIN_COMMAND", default_value = "")]
     pub command: String,
+}
+
+/// Moves each row's `needs_info` probability onto its label, except on rows labelled
+/// `needs_info`.
+fn needs_info_to_gold(probs: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let ni = Tier::ALL
+        .iter()
+        .position(|t| *t == Tier::NeedsInfo)
+        .expect("needs_info is a tier");
+    let mut rows = probs.to_vec2::<f32>()?;
+    for (row, &label) in rows.iter_mut().zip(labels) {
+        if label != ni {
+            row[label] += row[ni];
+            row[ni] = 0.0;
+        }
+    }
+    Ok(Tensor::new(rows, probs.device())?)
 }
 
 /// Projects `x` (`n x d`) onto its top `k` principal directions, with the basis computed by
@@ -356,10 +378,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(dir) if args.soft_weight > 0.0 => {
             let refs: Vec<&Example> = train.iter().collect();
             let logits = teacher::tuned_outputs(dir, &refs, &device)?.1;
-            Some(candle_nn::ops::softmax(
-                &(logits / args.soft_temperature as f64)?,
-                D::Minus1,
-            )?)
+            let probs =
+                candle_nn::ops::softmax(&(logits / args.soft_temperature as f64)?, D::Minus1)?;
+            if args.soft_needs_info_gold_only {
+                let labels: Vec<usize> = train.iter().map(|e| e.label).collect();
+                Some(needs_info_to_gold(&probs, &labels)?)
+            } else {
+                Some(probs)
+            }
         }
         _ => None,
     };
@@ -536,6 +562,24 @@ mod tests {
         ]);
         candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
         dir
+    }
+
+    #[test]
+    fn needs_info_mass_moves_to_the_label_except_on_needs_info_rows() {
+        let probs = Tensor::new(
+            &[
+                [0.5f32, 0.125, 0.0, 0.375],
+                [0.125, 0.25, 0.25, 0.375],
+                [0.25, 0.125, 0.125, 0.5],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let out = needs_info_to_gold(&probs, &[0, 2, 3]).unwrap();
+        let rows = out.to_vec2::<f32>().unwrap();
+        assert_eq!(rows[0], [0.875, 0.125, 0.0, 0.0]);
+        assert_eq!(rows[1], [0.125, 0.25, 0.625, 0.0]);
+        assert_eq!(rows[2], [0.25, 0.125, 0.125, 0.5]);
     }
 
     #[test]
