@@ -275,6 +275,15 @@ pub fn write(input: &CardInput) -> Result<()> {
             input.args.distill_weight,
             cfg.hidden_size
         )?;
+        if input.args.augment > 0 {
+            writeln!(
+                s,
+                "Each training row also had {} perturbed copies (each word dropped with \
+                 probability {}) that teach only through the tuned teacher's probabilities and \
+                 embeddings of the copy, never the row's label.\n",
+                input.args.augment, input.args.augment_drop
+            )?;
+        }
         if input.args.soft_needs_info_gold_only {
             writeln!(
                 s,

@@ -8,10 +8,10 @@
 //! keyed as the frozen teacher's cache is.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use triage::classifier::{Mode, PromptTokenizer, TruncationConfig};
@@ -141,6 +141,42 @@ impl Tuned<'_> {
         }
         Ok((logits, emb))
     }
+}
+
+/// The tuned teacher in `dir` (as `run` wrote it) over `set`: each row's tier logits
+/// `[n, 4]` and normalised sentence embedding `[n, 384]`, for rows its outputs file lacks.
+pub fn tuned_predict(dir: &Path, set: &[Example], device: &Device) -> Result<(Tensor, Tensor)> {
+    let bert = VarMap::new();
+    let teacher = Teacher::new(VarBuilder::from_varmap(&bert, DType::F32, device))?;
+    let path = dir.join("minilm.safetensors");
+    bert.clone()
+        .load(&path)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let heads = VarMap::new();
+    let head = candle_nn::linear(
+        DIM,
+        4,
+        VarBuilder::from_varmap(&heads, DType::F32, device).pp("head"),
+    )?;
+    let path = dir.join("head.safetensors");
+    heads
+        .clone()
+        .load(&path)
+        .with_context(|| format!("loading {}", path.display()))?;
+    // The whole model runs here, so where the frozen part ends does not matter.
+    let from = LAYERS / 2;
+    let model = Tuned {
+        teacher: &teacher,
+        head,
+        from,
+    };
+    let states = States::compute(&teacher, set, from, device)?;
+    let (logits, emb) = model.predict(&states, device)?;
+    let n = set.len();
+    Ok((
+        Tensor::from_vec(logits.concat(), (n, 4), device)?,
+        Tensor::from_vec(emb, (n, DIM), device)?,
+    ))
 }
 
 fn report(name: &str, set: &[Example], logits: &[[f32; 4]]) -> metrics::Metrics {

@@ -16,7 +16,7 @@ use triage::classifier::{
     EncoderConfig, Mode, ModelConfig, PromptTokenizer, Tier, TierModel, TruncationConfig,
 };
 
-use crate::data::{encode_rows, read_rows, token_batch, Example, Rng};
+use crate::data::{encode_rows, read_rows, token_batch, Example, Rng, Row};
 use crate::{card, metrics, teacher};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -93,12 +93,42 @@ pub struct TrainArgs {
     /// teacher gives short, complete easy prompts needs_info mass that the student copies.
     #[arg(long, requires = "soft_weight")]
     pub soft_needs_info_gold_only: bool,
+    /// With `--soft-weight`, add this many perturbed copies of each training row (words
+    /// dropped at random, `--augment-drop`) that teach only through the tuned teacher: their
+    /// tier probabilities and embeddings come from running it on the copy, and the row's
+    /// label is not used (dropping words can change a prompt's tier).
+    #[arg(long, default_value_t = 0, requires = "soft_weight")]
+    pub augment: usize,
+    /// Probability that each word of an augmented copy is dropped.
+    #[arg(long, default_value_t = 0.15)]
+    pub augment_drop: f32,
     /// Only fit a linear probe on the teacher's embeddings and report its scores.
     #[arg(long)]
     pub probe_teacher: bool,
     /// The command line to record in the card (set by the wrapper script).
     #[arg(long, env = "TRIAGE_TRAIN_COMMAND", default_value = "")]
     pub command: String,
+}
+
+/// `text` with each word dropped with probability `p` (line breaks kept, at least one word
+/// left).
+fn drop_words(text: &str, p: f32, rng: &mut Rng) -> String {
+    let mut kept = 0usize;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let words: Vec<&str> = line
+                .split_whitespace()
+                .filter(|_| rng.unit() >= p)
+                .collect();
+            kept += words.len();
+            words.join(" ")
+        })
+        .collect();
+    if kept == 0 {
+        return text.split_whitespace().next().unwrap_or("").to_string();
+    }
+    lines.join("\n")
 }
 
 /// Moves each row's `needs_info` probability onto its label, except on rows labelled
@@ -207,7 +237,9 @@ pub fn weighted_nll(logits: &Tensor, labels: &Tensor, weights: &Tensor) -> Resul
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?
         .gather(&labels.unsqueeze(1)?, 1)?
         .squeeze(1)?;
-    Ok((logp.mul(weights)?.sum_all()?.neg()? / weights.sum_all()?.to_scalar::<f32>()? as f64)?)
+    // A batch of rows that teach only through the teacher (weight 0) has no label loss.
+    let total = weights.sum_all()?.to_scalar::<f32>()?.max(1e-6);
+    Ok((logp.mul(weights)?.sum_all()?.neg()? / total as f64)?)
 }
 
 /// Logits for every example, in batches of rows of similar length.
@@ -306,7 +338,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(n) = args.max_train {
         train_rows.truncate(n);
     }
-    let train = encode_rows(&train_rows, &tokenizer)?;
+    let mut train = encode_rows(&train_rows, &tokenizer)?;
     let val = encode_rows(&split("val"), &tokenizer)?;
     let test = encode_rows(&split("test"), &tokenizer)?;
     let heldout = encode_rows(&split("heldout"), &tokenizer)?;
@@ -322,6 +354,56 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // Tempered class balance: the rare tiers (hard, needs_info) weigh more, but not so much that
     // the model learns to over-predict them.
     let class_weight = class_weights(&train, args.class_weight_power);
+
+    // Perturbed copies of the training rows and the tuned teacher's logits and embeddings
+    // of them; they join the training set once its teacher outputs are looked up.
+    let augmented = match &args.teacher {
+        Some(dir) if args.augment > 0 => {
+            if args.base_embeddings {
+                anyhow::bail!(
+                    "--augment distils the tuned teacher's embeddings of the copies; it does not \
+                     combine with --base-embeddings"
+                );
+            }
+            if !(0.0..1.0).contains(&args.augment_drop) {
+                anyhow::bail!("--augment-drop must be in [0, 1)");
+            }
+            let mut copies = Vec::with_capacity(train_rows.len() * args.augment);
+            for _ in 0..args.augment {
+                for r in &train_rows {
+                    copies.push(Row {
+                        text: drop_words(&r.text, args.augment_drop, &mut rng),
+                        weight: 0.0,
+                        ..(*r).clone()
+                    });
+                }
+            }
+            // Running the teacher here must give what its outputs file holds for the same rows.
+            let probe: Vec<&Example> = train.iter().take(64).collect();
+            let cached = teacher::tuned_outputs(dir, &probe, &device)?.1;
+            let owned: Vec<Example> = probe.iter().map(|e| (*e).clone()).collect();
+            let fresh = crate::finetune::tuned_predict(dir, &owned, &device)?.0;
+            let diff = (cached - fresh)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            if diff > 1e-3 {
+                anyhow::bail!(
+                    "the tuned teacher in {} does not reproduce its outputs file (max logit \
+                     difference {diff}): tune it again",
+                    dir.display()
+                );
+            }
+            let refs: Vec<&Row> = copies.iter().collect();
+            let examples = encode_rows(&refs, &tokenizer)?;
+            let t = Instant::now();
+            let (logits, emb) = crate::finetune::tuned_predict(dir, &examples, &device)?;
+            eprintln!(
+                "tuned teacher over {} augmented rows in {:.0} s",
+                examples.len(),
+                t.elapsed().as_secs_f64()
+            );
+            Some((examples, logits, emb))
+        }
+        _ => None,
+    };
 
     let cache_dir = args.data.parent().unwrap_or(Path::new("."));
     if args.probe_teacher {
@@ -359,6 +441,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Some(dir) if !args.base_embeddings => teacher::tuned_outputs(dir, &refs, &device)?.0,
             _ => teacher::embeddings(&args.base, cache_dir, &refs, &device)?,
         };
+        let emb = match &augmented {
+            Some((_, _, aug)) => Tensor::cat(&[&emb, aug], 0)?,
+            None => emb,
+        };
         let aux = VarMap::new();
         let proj = candle_nn::linear(
             args.hidden,
@@ -377,11 +463,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let soft = match &args.teacher {
         Some(dir) if args.soft_weight > 0.0 => {
             let refs: Vec<&Example> = train.iter().collect();
-            let logits = teacher::tuned_outputs(dir, &refs, &device)?.1;
+            let mut logits = teacher::tuned_outputs(dir, &refs, &device)?.1;
+            let mut labels: Vec<usize> = train.iter().map(|e| e.label).collect();
+            if let Some((examples, aug, _)) = &augmented {
+                logits = Tensor::cat(&[&logits, aug], 0)?;
+                labels.extend(examples.iter().map(|e| e.label));
+            }
             let probs =
                 candle_nn::ops::softmax(&(logits / args.soft_temperature as f64)?, D::Minus1)?;
             if args.soft_needs_info_gold_only {
-                let labels: Vec<usize> = train.iter().map(|e| e.label).collect();
                 Some(needs_info_to_gold(&probs, &labels)?)
             } else {
                 Some(probs)
@@ -389,6 +479,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         _ => None,
     };
+
+    if let Some((examples, _, _)) = augmented {
+        train.extend(examples);
+    }
 
     let cfg = encoder_config(args.hidden, args.layers);
     let mut varmap = VarMap::new();
@@ -562,6 +656,20 @@ mod tests {
         ]);
         candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
         dir
+    }
+
+    #[test]
+    fn drop_words_keeps_lines_and_at_least_one_word() {
+        let mut rng = Rng::new(3);
+        let text = "Sort this list\nof numbers quickly please";
+        assert_eq!(drop_words(text, 0.0, &mut rng), text);
+        let dropped = drop_words(text, 0.5, &mut rng);
+        assert_eq!(dropped.lines().count(), 2);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        assert!(dropped.split_whitespace().all(|w| words.contains(&w)));
+        for _ in 0..50 {
+            assert!(!drop_words("one two", 0.99, &mut rng).trim().is_empty());
+        }
     }
 
     #[test]
