@@ -355,6 +355,34 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // the model learns to over-predict them.
     let class_weight = class_weights(&train, args.class_weight_power);
 
+    let cache_dir = args.data.parent().unwrap_or(Path::new("."));
+    if args.probe_teacher {
+        let all: Vec<&Example> = train
+            .iter()
+            .chain(&val)
+            .chain(&test)
+            .chain(&heldout)
+            .collect();
+        let emb = teacher::embeddings(&args.base, cache_dir, &all, &device)?;
+        let labels = |set: &[Example]| set.iter().map(|e| e.label).collect::<Vec<_>>();
+        let (a, b, c) = (train.len(), val.len(), test.len());
+        let (ytr, yv, yt, yh) = (
+            labels(&train),
+            labels(&val),
+            labels(&test),
+            labels(&heldout),
+        );
+        return teacher::probe(
+            (&emb.narrow(0, 0, a)?, &ytr),
+            &[
+                ("val", &emb.narrow(0, a, b)?, &yv),
+                ("test", &emb.narrow(0, a + b, c)?, &yt),
+                ("held-out", &emb.narrow(0, a + b + c, heldout.len())?, &yh),
+            ],
+            &class_weight,
+            &device,
+        );
+    }
     // Perturbed copies of the training rows and the tuned teacher's logits and embeddings
     // of them; they join the training set once its teacher outputs are looked up.
     let augmented = match &args.teacher {
@@ -405,34 +433,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         _ => None,
     };
 
-    let cache_dir = args.data.parent().unwrap_or(Path::new("."));
-    if args.probe_teacher {
-        let all: Vec<&Example> = train
-            .iter()
-            .chain(&val)
-            .chain(&test)
-            .chain(&heldout)
-            .collect();
-        let emb = teacher::embeddings(&args.base, cache_dir, &all, &device)?;
-        let labels = |set: &[Example]| set.iter().map(|e| e.label).collect::<Vec<_>>();
-        let (a, b, c) = (train.len(), val.len(), test.len());
-        let (ytr, yv, yt, yh) = (
-            labels(&train),
-            labels(&val),
-            labels(&test),
-            labels(&heldout),
-        );
-        return teacher::probe(
-            (&emb.narrow(0, 0, a)?, &ytr),
-            &[
-                ("val", &emb.narrow(0, a, b)?, &yv),
-                ("test", &emb.narrow(0, a + b, c)?, &yt),
-                ("held-out", &emb.narrow(0, a + b + c, heldout.len())?, &yh),
-            ],
-            &class_weight,
-            &device,
-        );
-    }
     // The teacher's embeddings of the training rows, and the projection from the student's
     // width to the teacher's (trained, never saved).
     let distill = if args.distill_weight > 0.0 && args.average.is_empty() {
