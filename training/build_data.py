@@ -11,6 +11,11 @@ Each output row: {"text", "context", "tier", "source", "group", "split", "weight
 - group keeps related rows (duplicates, a UMWP variant and its original) on one side of a split.
 - split is train / val / test (random, by group) or heldout (whole sources never trained on).
 
+--pool-out (default training/work/pool.jsonl) gets the rows the per-source caps left out, at most
+POOL_CAP per source and only from groups on the train side of the split, with split "pool":
+unlabelled transfer data for distillation (`triage-train train --pool`), never trained on by
+label.
+
 Standard library only, so it runs anywhere python3 does.
 """
 
@@ -42,6 +47,9 @@ CAP = {
     "nq_open": 3000,
     "college_math": 700,
 }
+
+# Most rows per source in the pool of rows the caps left out.
+POOL_CAP = 3000
 
 
 def literal(value):
@@ -84,7 +92,9 @@ class Builder:
     def __init__(self, raw, seed):
         self.raw = raw
         self.rows = []
+        self.pool = []
         self.rng = random.Random(seed)
+        self.pool_rng = random.Random(seed + 1)
         self.overrides = load_overrides()
         self.used_overrides = 0
 
@@ -458,7 +468,16 @@ class Builder:
         for source, rows in sorted(by_source.items()):
             limit = CAP.get(source)
             if limit and len(rows) > limit:
-                rows = self.rng.sample(rows, limit)
+                kept = self.rng.sample(rows, limit)
+                ids = {id(r) for r in kept}
+                # A held-out source's rows stay out of training in every form.
+                left = [r for r in rows if id(r) not in ids and source not in HELDOUT
+                        and split_of(r["group"]) == "train"]
+                if len(left) > POOL_CAP:
+                    left = self.pool_rng.sample(left, POOL_CAP)
+                for r in left:
+                    self.pool.append(dict(r, split="pool"))
+                rows = kept
             out.extend(rows)
         self.rows = out
 
@@ -467,8 +486,13 @@ class Builder:
             if r["source"] in HELDOUT:
                 r["split"] = "heldout"
                 continue
-            h = int(hashlib.sha256(r["group"].encode()).hexdigest()[:8], 16) % 100
-            r["split"] = "train" if h < 80 else ("val" if h < 90 else "test")
+            r["split"] = split_of(r["group"])
+
+
+def split_of(group):
+    """train, val or test for a group: a hash, so related rows land together."""
+    h = int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) % 100
+    return "train" if h < 80 else ("val" if h < 90 else "test")
 
 
 def main():
@@ -476,6 +500,8 @@ def main():
     ap.add_argument("--raw", default=os.path.join(HERE, "..", "..", "shared", "data", "raw"),
                     help="directory of the raw sources (read only)")
     ap.add_argument("--out", default=os.path.join(HERE, "work", "data.jsonl"))
+    ap.add_argument("--pool-out", default=None,
+                    help="where to write the rows the caps left out (default: pool.jsonl beside --out)")
     ap.add_argument("--seed", type=int, default=17)
     args = ap.parse_args()
     if not os.path.isdir(args.raw):
@@ -492,6 +518,13 @@ def main():
           file=sys.stderr)
     for split in ("train", "val", "test", "heldout"):
         print(f"  {split:>8}: " + "  ".join(f"{t}={counts[(split, t)]}" for t in TIERS), file=sys.stderr)
+    pool_out = args.pool_out or os.path.join(os.path.dirname(os.path.abspath(args.out)), "pool.jsonl")
+    with open(pool_out, "w", encoding="utf-8") as f:
+        for r in b.pool:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    by_source = collections.Counter(r["source"].split(":")[0] for r in b.pool)
+    print(f"wrote {len(b.pool)} pool rows to {pool_out}: "
+          + ", ".join(f"{k}={v}" for k, v in sorted(by_source.items())), file=sys.stderr)
 
 
 if __name__ == "__main__":

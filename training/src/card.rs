@@ -27,6 +27,8 @@ pub struct CardInput<'a> {
     pub best_f1: f64,
     pub train_secs: f64,
     pub train_len: usize,
+    /// Rows from `--pool` among the `train_len`.
+    pub pool_len: usize,
 }
 
 struct Eval {
@@ -278,10 +280,25 @@ pub fn write(input: &CardInput) -> Result<()> {
         if input.args.augment > 0 {
             writeln!(
                 s,
-                "Each training row also had {} perturbed copies (each word dropped with \
+                "Each training row also had {} perturbed {} (each word dropped with \
                  probability {}) that teach only through the tuned teacher's probabilities and \
                  embeddings of the copy, never the row's label.\n",
-                input.args.augment, input.args.augment_drop
+                input.args.augment,
+                if input.args.augment == 1 {
+                    "copy"
+                } else {
+                    "copies"
+                },
+                input.args.augment_drop
+            )?;
+        }
+        if input.pool_len > 0 {
+            writeln!(
+                s,
+                "{} more training rows came from the pool of rows the per-source caps left out \
+                 (training groups only, never a held-out source); they too teach only through \
+                 the tuned teacher's outputs.\n",
+                input.pool_len
             )?;
         }
         if input.args.soft_needs_info_gold_only {

@@ -102,6 +102,11 @@ pub struct TrainArgs {
     /// Probability that each word of an augmented copy is dropped.
     #[arg(long, default_value_t = 0.15)]
     pub augment_drop: f32,
+    /// With `--soft-weight`, also teach through the tuned teacher on the rows of this file
+    /// whose split is `pool` (build_data.py writes the rows its per-source caps left out, from
+    /// training groups only, to pool.jsonl). Like the copies, they never teach by label.
+    #[arg(long, requires = "soft_weight")]
+    pub pool: Option<PathBuf>,
     /// Only fit a linear probe on the teacher's embeddings and report its scores.
     #[arg(long)]
     pub probe_teacher: bool,
@@ -383,14 +388,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &device,
         );
     }
-    // Perturbed copies of the training rows and the tuned teacher's logits and embeddings
-    // of them; they join the training set once its teacher outputs are looked up.
+    // Perturbed copies of the training rows and the `--pool` rows, with the tuned teacher's
+    // logits and embeddings of them; they join the training set once its teacher outputs are
+    // looked up.
+    let mut pool_len = 0;
     let augmented = match &args.teacher {
-        Some(dir) if args.augment > 0 => {
+        Some(dir) if args.augment > 0 || args.pool.is_some() => {
             if args.base_embeddings {
                 anyhow::bail!(
-                    "--augment distils the tuned teacher's embeddings of the copies; it does not \
-                     combine with --base-embeddings"
+                    "--augment and --pool distil the tuned teacher's embeddings of their rows; \
+                     they do not combine with --base-embeddings"
                 );
             }
             if !(0.0..1.0).contains(&args.augment_drop) {
@@ -405,6 +412,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
                         ..(*r).clone()
                     });
                 }
+            }
+            if let Some(path) = &args.pool {
+                let pool: Vec<Row> = read_rows(path)?
+                    .into_iter()
+                    .filter(|r| r.split == "pool")
+                    .map(|r| Row { weight: 0.0, ..r })
+                    .collect();
+                if pool.is_empty() {
+                    anyhow::bail!("{} has no rows whose split is pool", path.display());
+                }
+                pool_len = pool.len();
+                eprintln!("pool: {pool_len} rows from {}", path.display());
+                copies.extend(pool);
             }
             // Running the teacher here must give what its outputs file holds for the same rows.
             let probe: Vec<&Example> = train.iter().take(64).collect();
@@ -424,7 +444,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let t = Instant::now();
             let (logits, emb) = crate::finetune::tuned_predict(dir, &examples, &device)?;
             eprintln!(
-                "tuned teacher over {} augmented rows in {:.0} s",
+                "tuned teacher over {} teacher-only rows (copies, pool) in {:.0} s",
                 examples.len(),
                 t.elapsed().as_secs_f64()
             );
@@ -636,6 +656,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         best_f1,
         train_secs,
         train_len: train.len(),
+        pool_len,
     })?;
     Ok(())
 }
